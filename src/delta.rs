@@ -1,0 +1,181 @@
+//! The rsync algorithm's parameters and helpers around fast_rsync.
+//!
+//! Signatures are computed in block-aligned chunks so that a file of any size
+//! is signed with bounded memory; concatenating the chunks (each after the
+//! first without its 12-byte header) is byte-identical to one whole-file
+//! signature. Deltas are computed per window of the new file, each window
+//! against the whole basis, which keeps the sender's memory bounded too.
+
+use std::io;
+use std::os::fd::BorrowedFd;
+
+use fast_rsync::{Signature, SignatureOptions};
+
+/// Size of a signature header: magic, block size, hash length.
+pub const SIG_HEADER: usize = 12;
+/// Bytes of MD4 kept per block; BLAKE3 over the whole file catches collisions.
+pub const HASH_LEN: u32 = 8;
+pub const MIN_BLOCK: u32 = 512;
+pub const MAX_BLOCK: u32 = 128 << 10;
+/// Bytes of new data diffed (and of output produced) per delta message.
+pub const WINDOW: usize = 4 << 20;
+/// Largest window a slave accepts.
+pub const MAX_WINDOW: usize = 8 << 20;
+
+/// rsync's choice: about the square root of the length, a multiple of 8.
+pub fn block_size_for(len: u64) -> u32 {
+    let b = ((len as f64).sqrt() as u64) & !7;
+    b.clamp(MIN_BLOCK as u64, MAX_BLOCK as u64) as u32
+}
+
+/// The window used for a given block size: block-aligned so that unchanged
+/// aligned blocks always match.
+pub fn window_for(block: u32) -> usize {
+    let b = block as usize;
+    (WINDOW / b).max(1) * b
+}
+
+/// Whether the slave accepts these signature parameters.
+pub fn valid_params(block: u32, hash_len: u32) -> bool {
+    (MIN_BLOCK..=MAX_BLOCK).contains(&block) && (4..=16).contains(&hash_len)
+}
+
+/// Expected serialized signature length for a basis of `len` bytes.
+pub fn signature_len(len: u64, block: u32, hash_len: u32) -> u64 {
+    SIG_HEADER as u64 + len.div_ceil(block as u64) * (4 + hash_len as u64)
+}
+
+/// Streams the signature of `fd`'s first `len` bytes to `emit`, chunk by chunk.
+pub fn sign_file(
+    fd: BorrowedFd,
+    len: u64,
+    block: u32,
+    hash_len: u32,
+    mut emit: impl FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<()> {
+    let opts = SignatureOptions {
+        block_size: block,
+        crypto_hash_size: hash_len,
+    };
+    let chunk = window_for(block);
+    let mut buf = vec![0u8; chunk];
+    let mut off = 0u64;
+    let mut first = true;
+    while off < len || first {
+        let want = ((len - off) as usize).min(chunk);
+        read_exact_at(fd, &mut buf[..want], off)?;
+        let sig = Signature::calculate(&buf[..want], opts);
+        let bytes = sig.serialized();
+        emit(if first { bytes } else { &bytes[SIG_HEADER..] })?;
+        first = false;
+        off += want as u64;
+    }
+    Ok(())
+}
+
+/// pread until full; a short file is an error (it changed under us).
+pub fn read_exact_at(fd: BorrowedFd, mut buf: &mut [u8], mut off: u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        let n = rustix::io::pread(fd, &mut *buf, off)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "file shrank while being read",
+            ));
+        }
+        buf = &mut buf[n..];
+        off += n as u64;
+    }
+    Ok(())
+}
+
+/// Feeds `n` zero bytes (a hole) to a hasher without reading them.
+pub fn hash_zeros(h: &mut blake3::Hasher, mut n: u64) {
+    const ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+    while n > 0 {
+        let k = n.min(ZEROS.len() as u64) as usize;
+        h.update(&ZEROS[..k]);
+        n -= k as u64;
+    }
+}
+
+/// Literal and copied byte counts of a librsync-format delta.
+pub fn delta_stats(delta: &[u8]) -> (u64, u64) {
+    let mut lit = 0u64;
+    let mut copied = 0u64;
+    let mut p = 4; // magic
+    let int = |p: &mut usize, n: usize| -> Option<u64> {
+        let b = delta.get(*p..*p + n)?;
+        *p += n;
+        Some(b.iter().fold(0u64, |acc, &x| (acc << 8) | x as u64))
+    };
+    while let Some(&op) = delta.get(p) {
+        p += 1;
+        match op {
+            0 => break,
+            1..=0x40 => {
+                lit += op as u64;
+                p += op as usize;
+            }
+            0x41..=0x44 => {
+                let Some(n) = int(&mut p, 1 << (op - 0x41)) else {
+                    break;
+                };
+                lit += n;
+                p += n as usize;
+            }
+            0x45..=0x54 => {
+                let i = op - 0x45;
+                let (a, b) = (1usize << (i / 4), 1usize << (i % 4));
+                let (Some(_), Some(n)) = (int(&mut p, a), int(&mut p, b)) else {
+                    break;
+                };
+                copied += n;
+            }
+            _ => break,
+        }
+    }
+    (lit, copied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn chunked_signature_equals_whole_and_delta_counts() {
+        let data: Vec<u8> = (0..(3 * WINDOW + 1234))
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        let f = tempfile::tempfile().unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &data, 0).unwrap();
+        let block = 4096;
+        let mut chunked = Vec::new();
+        sign_file(f.as_fd(), data.len() as u64, block, HASH_LEN, |b| {
+            chunked.extend_from_slice(b);
+            Ok(())
+        })
+        .unwrap();
+        let whole = Signature::calculate(
+            &data,
+            SignatureOptions {
+                block_size: block,
+                crypto_hash_size: HASH_LEN,
+            },
+        );
+        assert_eq!(chunked, whole.serialized());
+        assert_eq!(
+            chunked.len() as u64,
+            signature_len(data.len() as u64, block, HASH_LEN)
+        );
+
+        let mut new = data.clone();
+        new[5000] ^= 1;
+        let mut delta = Vec::new();
+        fast_rsync::diff(&whole.index(), &new, &mut delta).unwrap();
+        let (lit, copied) = delta_stats(&delta);
+        assert_eq!(lit + copied, new.len() as u64);
+        assert!(lit <= 2 * block as u64);
+    }
+}

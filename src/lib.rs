@@ -1,0 +1,15 @@
+//! georep: file-level geo-replication. See DESIGN.md for the map; each
+//! module below is one concern.
+
+pub mod agent;
+pub mod cli;
+pub mod confine;
+pub mod delta;
+pub mod error;
+pub mod exclude;
+pub mod meta;
+pub mod proto;
+pub mod sync;
+pub mod target;
+pub mod transport;
+pub mod wire;

@@ -1,0 +1,536 @@
+//! File metadata: what a directory entry is, how it is read from disk, how it
+//! travels on the wire and how it is applied without following symlinks.
+//!
+//! Both ends scan directories with [`scan_dir`], so the master and the slave
+//! describe entries the same way and the comparison is exact.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat, Timestamps};
+
+use crate::wire::{Dec, Enc, WireError};
+
+/// The kinds of entry georep replicates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    Regular = 1,
+    Dir = 2,
+    Symlink = 3,
+    Fifo = 4,
+    CharDev = 5,
+    BlockDev = 6,
+    Socket = 7,
+}
+
+impl Kind {
+    pub fn from_stat(st: &Stat) -> Kind {
+        match FileType::from_raw_mode(st.st_mode) {
+            FileType::Directory => Kind::Dir,
+            FileType::Symlink => Kind::Symlink,
+            FileType::Fifo => Kind::Fifo,
+            FileType::CharacterDevice => Kind::CharDev,
+            FileType::BlockDevice => Kind::BlockDev,
+            FileType::Socket => Kind::Socket,
+            _ => Kind::Regular,
+        }
+    }
+    pub fn from_u8(v: u8) -> Option<Kind> {
+        Some(match v {
+            1 => Kind::Regular,
+            2 => Kind::Dir,
+            3 => Kind::Symlink,
+            4 => Kind::Fifo,
+            5 => Kind::CharDev,
+            6 => Kind::BlockDev,
+            7 => Kind::Socket,
+            _ => return None,
+        })
+    }
+    /// The S_IFMT bits for mknod.
+    pub fn file_type(self) -> FileType {
+        match self {
+            Kind::Regular => FileType::RegularFile,
+            Kind::Dir => FileType::Directory,
+            Kind::Symlink => FileType::Symlink,
+            Kind::Fifo => FileType::Fifo,
+            Kind::CharDev => FileType::CharacterDevice,
+            Kind::BlockDev => FileType::BlockDevice,
+            Kind::Socket => FileType::Socket,
+        }
+    }
+    /// Entries created with mknod.
+    pub fn is_special(self) -> bool {
+        matches!(
+            self,
+            Kind::Fifo | Kind::CharDev | Kind::BlockDev | Kind::Socket
+        )
+    }
+}
+
+/// Extended attributes, sorted by name.
+pub type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// The metadata georep preserves for every entry.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Meta {
+    /// Permission bits including setuid, setgid and sticky (07777).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime_sec: i64,
+    pub mtime_nsec: u32,
+    pub xattrs: Xattrs,
+}
+
+impl Meta {
+    pub fn from_stat(st: &Stat, xattrs: Xattrs) -> Meta {
+        Meta {
+            mode: st.st_mode & 0o7777,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mtime_sec: st.st_mtime,
+            mtime_nsec: st.st_mtime_nsec as u32,
+            xattrs,
+        }
+    }
+
+    pub fn encode(&self, e: &mut Enc) {
+        e.u32(self.mode)
+            .u32(self.uid)
+            .u32(self.gid)
+            .i64(self.mtime_sec)
+            .u32(self.mtime_nsec)
+            .u32(self.xattrs.len() as u32);
+        for (k, v) in &self.xattrs {
+            e.bytes(k).bytes(v);
+        }
+    }
+
+    pub fn decode(d: &mut Dec) -> Result<Meta, WireError> {
+        let mode = d.u32()?;
+        let uid = d.u32()?;
+        let gid = d.u32()?;
+        let mtime_sec = d.i64()?;
+        let mtime_nsec = d.u32()?;
+        if mode > 0o7777 || mtime_nsec >= 1_000_000_000 {
+            return Err(WireError::Malformed("metadata"));
+        }
+        let n = d.u32()? as usize;
+        // Each xattr takes at least 8 bytes: refuse counts the frame cannot hold.
+        if n > d.remaining() / 8 {
+            return Err(WireError::Malformed("metadata"));
+        }
+        let mut xattrs = Vec::with_capacity(n);
+        for _ in 0..n {
+            let k = d.bytes()?.to_vec();
+            let v = d.bytes()?.to_vec();
+            if k.is_empty() || k.contains(&0) {
+                return Err(WireError::Malformed("xattr name"));
+            }
+            xattrs.push((k, v));
+        }
+        Ok(Meta {
+            mode,
+            uid,
+            gid,
+            mtime_sec,
+            mtime_nsec,
+            xattrs,
+        })
+    }
+}
+
+/// One directory entry as scanned on either side.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub name: Vec<u8>,
+    pub kind: Kind,
+    pub meta: Meta,
+    pub size: u64,
+    pub dev: u64,
+    pub ino: u64,
+    pub nlink: u64,
+    pub rdev: u64,
+    /// Symlink target, raw bytes.
+    pub target: Vec<u8>,
+    /// BLAKE3 of a regular file's content, only when `--checksum` asked for it.
+    pub hash: Option<[u8; 32]>,
+}
+
+impl Entry {
+    pub fn encode(&self, e: &mut Enc) {
+        e.bytes(&self.name)
+            .u8(self.kind as u8)
+            .u64(self.size)
+            .u64(self.ino)
+            .u64(self.nlink)
+            .u64(self.rdev)
+            .bytes(&self.target);
+        self.meta.encode(e);
+        match &self.hash {
+            Some(h) => e.u8(1).raw(h),
+            None => e.u8(0),
+        };
+    }
+
+    pub fn decode(d: &mut Dec) -> Result<Entry, WireError> {
+        let name = d.bytes()?.to_vec();
+        let kind = Kind::from_u8(d.u8()?).ok_or(WireError::Malformed("entry kind"))?;
+        let size = d.u64()?;
+        let ino = d.u64()?;
+        let nlink = d.u64()?;
+        let rdev = d.u64()?;
+        let target = d.bytes()?.to_vec();
+        let meta = Meta::decode(d)?;
+        let hash = match d.u8()? {
+            0 => None,
+            1 => Some(d.array::<32>()?),
+            _ => return Err(WireError::Malformed("entry hash")),
+        };
+        Ok(Entry {
+            name,
+            kind,
+            meta,
+            size,
+            dev: 0,
+            ino,
+            nlink,
+            rdev,
+            target,
+            hash,
+        })
+    }
+}
+
+/// What a scan reads besides the stat.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ScanOpts {
+    pub xattrs: bool,
+    /// Include `trusted.` and `security.` attributes (only root may write them).
+    pub privileged_xattrs: bool,
+    pub checksum: bool,
+}
+
+/// Names georep uses for its own temporaries; never replicated, removed when seen.
+pub const TEMP_PREFIX: &[u8] = b".georep.tmp.";
+
+pub fn is_temp_name(name: &[u8]) -> bool {
+    name.starts_with(TEMP_PREFIX)
+}
+
+/// Lists a directory, sorted by name bytes, skipping entries that vanish
+/// between readdir and lstat. Stray georep temporaries are returned in
+/// `temps` instead of the listing.
+pub fn scan_dir(dir: BorrowedFd, opts: ScanOpts) -> io::Result<(Vec<Entry>, Vec<Vec<u8>>)> {
+    let mut entries = Vec::new();
+    let mut temps = Vec::new();
+    let mut reader = rustix::fs::Dir::read_from(dir)?;
+    while let Some(ent) = reader.read() {
+        let ent = ent?;
+        let name = ent.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        if is_temp_name(name) {
+            temps.push(name.to_vec());
+            continue;
+        }
+        match stat_entry(dir, name, opts) {
+            Ok(e) => entries.push(e),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    entries.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    Ok((entries, temps))
+}
+
+/// Reads one entry of `dir` without following it.
+pub fn stat_entry(dir: BorrowedFd, name: &[u8], opts: ScanOpts) -> io::Result<Entry> {
+    let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+    let kind = Kind::from_stat(&st);
+    let target = if kind == Kind::Symlink {
+        rustix::fs::readlinkat(dir, name, Vec::new())?.into_bytes()
+    } else {
+        Vec::new()
+    };
+    let xattrs = if opts.xattrs {
+        read_xattrs(&XattrTarget::At(dir, name), opts.privileged_xattrs)?
+    } else {
+        Vec::new()
+    };
+    let hash = if opts.checksum && kind == Kind::Regular {
+        let fd = rustix::fs::openat(
+            dir,
+            name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let mut h = blake3::Hasher::new();
+        h.update_reader(std::fs::File::from(fd))?;
+        Some(*h.finalize().as_bytes())
+    } else {
+        None
+    };
+    Ok(entry_from_stat(name.to_vec(), &st, target, xattrs, hash))
+}
+
+pub fn entry_from_stat(
+    name: Vec<u8>,
+    st: &Stat,
+    target: Vec<u8>,
+    xattrs: Xattrs,
+    hash: Option<[u8; 32]>,
+) -> Entry {
+    let kind = Kind::from_stat(st);
+    Entry {
+        name,
+        kind,
+        meta: Meta::from_stat(st, xattrs),
+        size: if kind == Kind::Regular {
+            st.st_size as u64
+        } else {
+            0
+        },
+        dev: st.st_dev,
+        ino: st.st_ino,
+        nlink: st.st_nlink,
+        rdev: if matches!(kind, Kind::CharDev | Kind::BlockDev) {
+            st.st_rdev
+        } else {
+            0
+        },
+        target,
+        hash,
+    }
+}
+
+/// Where an xattr operation lands: an open file, or a name in a directory
+/// (reached through /proc/self/fd so that the final component is never followed).
+pub enum XattrTarget<'a> {
+    Fd(BorrowedFd<'a>),
+    At(BorrowedFd<'a>, &'a [u8]),
+}
+
+impl XattrTarget<'_> {
+    fn proc_path(dir: BorrowedFd, name: &[u8]) -> io::Result<CString> {
+        let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+        p.extend_from_slice(name);
+        CString::new(p).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+    }
+}
+
+/// Whether an attribute name is replicated under the given privilege.
+pub fn xattr_wanted(name: &[u8], privileged: bool) -> bool {
+    privileged || !(name.starts_with(b"trusted.") || name.starts_with(b"security."))
+}
+
+fn is_unsupported(e: &rustix::io::Errno) -> bool {
+    *e == rustix::io::Errno::NOTSUP || *e == rustix::io::Errno::PERM
+}
+
+/// Reads all wanted xattrs, sorted by name.
+pub fn read_xattrs(t: &XattrTarget, privileged: bool) -> io::Result<Xattrs> {
+    let path = match t {
+        XattrTarget::At(d, n) => Some(XattrTarget::proc_path(*d, n)?),
+        XattrTarget::Fd(_) => None,
+    };
+    let list = |buf: &mut [u8]| match (t, &path) {
+        (XattrTarget::Fd(fd), _) => rustix::fs::flistxattr(fd, buf),
+        (_, Some(p)) => rustix::fs::llistxattr(p.as_c_str(), buf),
+        _ => unreachable!(),
+    };
+    let get = |name: &[u8], buf: &mut [u8]| match (t, &path) {
+        (XattrTarget::Fd(fd), _) => rustix::fs::fgetxattr(fd, name, buf),
+        (_, Some(p)) => rustix::fs::lgetxattr(p.as_c_str(), name, buf),
+        _ => unreachable!(),
+    };
+    let names = match fill(|b| list(b)) {
+        Ok(v) => v,
+        Err(e) if is_unsupported(&e) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = Vec::new();
+    for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        if !xattr_wanted(name, privileged) {
+            continue;
+        }
+        match fill(|b| get(name, b)) {
+            Ok(v) => out.push((name.to_vec(), v)),
+            // Removed between list and get.
+            Err(rustix::io::Errno::NODATA) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Calls a size-returning xattr syscall with a growing buffer.
+fn fill(
+    mut call: impl FnMut(&mut [u8]) -> rustix::io::Result<usize>,
+) -> rustix::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 256];
+    loop {
+        match call(&mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Err(rustix::io::Errno::RANGE) if buf.len() < (1 << 21) => {
+                let need = call(&mut [])?;
+                buf.resize(need.max(buf.len() * 2), 0);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Makes the target's xattrs exactly `want` (names outside our privilege untouched).
+pub fn write_xattrs(t: &XattrTarget, want: &Xattrs, privileged: bool) -> io::Result<()> {
+    let have = read_xattrs(t, privileged)?;
+    let path = match t {
+        XattrTarget::At(d, n) => Some(XattrTarget::proc_path(*d, n)?),
+        XattrTarget::Fd(_) => None,
+    };
+    for (name, _) in &have {
+        if want.iter().any(|(n, _)| n == name) {
+            continue;
+        }
+        match (t, &path) {
+            (XattrTarget::Fd(fd), _) => rustix::fs::fremovexattr(fd, name.as_slice()),
+            (_, Some(p)) => rustix::fs::lremovexattr(p.as_c_str(), name.as_slice()),
+            _ => unreachable!(),
+        }?;
+    }
+    for (name, value) in want {
+        if !xattr_wanted(name, privileged) {
+            continue;
+        }
+        if have.iter().any(|(n, v)| n == name && v == value) {
+            continue;
+        }
+        let flags = rustix::fs::XattrFlags::empty();
+        match (t, &path) {
+            (XattrTarget::Fd(fd), _) => rustix::fs::fsetxattr(fd, name.as_slice(), value, flags),
+            (_, Some(p)) => rustix::fs::lsetxattr(p.as_c_str(), name.as_slice(), value, flags),
+            _ => unreachable!(),
+        }?;
+    }
+    Ok(())
+}
+
+/// What to apply besides permission bits and times.
+#[derive(Clone, Copy, Debug)]
+pub struct ApplyOpts {
+    pub owner: bool,
+    pub xattrs: bool,
+    pub privileged: bool,
+}
+
+fn timestamps(m: &Meta) -> Timestamps {
+    Timestamps {
+        // atime is not preserved; UTIME_OMIT leaves it alone.
+        last_access: rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_OMIT,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: m.mtime_sec,
+            tv_nsec: m.mtime_nsec as _,
+        },
+    }
+}
+
+/// Applies metadata to an open regular file or directory. Owner first, since
+/// chown clears setuid/setgid; times last, since the others bump ctime only.
+pub fn apply_fd(fd: BorrowedFd, m: &Meta, o: ApplyOpts) -> io::Result<()> {
+    if o.owner {
+        rustix::fs::fchown(
+            fd,
+            Some(rustix::fs::Uid::from_raw(m.uid)),
+            Some(rustix::fs::Gid::from_raw(m.gid)),
+        )?;
+    }
+    rustix::fs::fchmod(fd, Mode::from_raw_mode(m.mode))?;
+    if o.xattrs {
+        write_xattrs(&XattrTarget::Fd(fd), &m.xattrs, o.privileged)?;
+    }
+    rustix::fs::futimens(fd, &timestamps(m))?;
+    Ok(())
+}
+
+/// Applies metadata to `name` in `dir` without following it: symlinks get
+/// owner, xattrs and times; everything else also gets its mode.
+pub fn apply_at(
+    dir: BorrowedFd,
+    name: &[u8],
+    kind: Kind,
+    m: &Meta,
+    o: ApplyOpts,
+) -> io::Result<()> {
+    if o.owner {
+        rustix::fs::chownat(
+            dir,
+            name,
+            Some(rustix::fs::Uid::from_raw(m.uid)),
+            Some(rustix::fs::Gid::from_raw(m.gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )?;
+    }
+    if kind != Kind::Symlink {
+        chmod_nofollow(dir, name, m.mode)?;
+    }
+    if o.xattrs {
+        write_xattrs(&XattrTarget::At(dir, name), &m.xattrs, o.privileged)?;
+    }
+    rustix::fs::utimensat(dir, name, &timestamps(m), AtFlags::SYMLINK_NOFOLLOW)?;
+    Ok(())
+}
+
+/// chmod that never follows a symlink: an O_PATH handle pins the inode, and
+/// chmod through its /proc/self/fd link reaches exactly that inode.
+fn chmod_nofollow(dir: BorrowedFd, name: &[u8], mode: u32) -> io::Result<()> {
+    let fd: OwnedFd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let st = rustix::fs::fstat(&fd)?;
+    if Kind::from_stat(&st) == Kind::Symlink {
+        return Ok(());
+    }
+    let p = format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd());
+    rustix::fs::chmod(p.as_str(), Mode::from_raw_mode(mode))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meta_round_trip_and_hostile_counts() {
+        let m = Meta {
+            mode: 0o4755,
+            uid: 1,
+            gid: 2,
+            mtime_sec: -5,
+            mtime_nsec: 999_999_999,
+            xattrs: vec![(b"user.a".to_vec(), vec![0, 1])],
+        };
+        let mut e = Enc::new(0);
+        m.encode(&mut e);
+        let mut d = Dec::new(&e.0[1..], "t");
+        assert_eq!(Meta::decode(&mut d).unwrap(), m);
+        d.end().unwrap();
+
+        let mut e = Enc::new(0);
+        e.u32(0).u32(0).u32(0).i64(0).u32(0).u32(u32::MAX);
+        assert!(Meta::decode(&mut Dec::new(&e.0[1..], "t")).is_err());
+    }
+}

@@ -1,0 +1,237 @@
+//! The master's end of a protocol connection: a sender thread, a receiver
+//! thread, and routing of replies to whoever asked.
+//!
+//! Deadlock freedom: the receiver never blocks on anything but the socket.
+//! Replies go into unbounded per-request channels, and the master bounds how
+//! many requests it has in flight, so the slave can always write its replies,
+//! so it always gets back to reading ours.
+
+use std::collections::HashMap;
+use std::io::{BufWriter, Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use crate::confine::show;
+use crate::error::{Error, Result};
+use crate::proto::Msg;
+use crate::sync::report::Reporter;
+use crate::sync::worker::DataJob;
+use crate::transport::Link;
+use crate::wire;
+
+/// Reply route for messages without an id (Hello, Finished).
+pub const CONTROL: u64 = 0;
+
+#[derive(Default)]
+pub struct Shared {
+    routes: Mutex<Routes>,
+    /// Delta-built files awaiting the slave's verdict, by id.
+    pub unverified: Mutex<HashMap<u64, DataJob>>,
+    /// Files whose delta failed verification: to be sent whole.
+    pub retries: Mutex<Vec<DataJob>>,
+    pub bytes_sent: AtomicU64,
+    pub bytes_received: AtomicU64,
+}
+
+#[derive(Default)]
+struct Routes {
+    map: HashMap<u64, Sender<Msg>>,
+    /// Why the connection ended, once it has.
+    ended: Option<Error>,
+}
+
+pub struct Conn {
+    tx: Option<SyncSender<Vec<u8>>>,
+    pub shared: Arc<Shared>,
+    next_id: AtomicU64,
+    threads: Vec<JoinHandle<()>>,
+    ending: Mutex<Option<Box<dyn FnOnce() -> Result<()> + Send>>>,
+}
+
+impl Conn {
+    pub fn start(link: Link, reporter: Arc<Reporter>) -> Conn {
+        let shared = Arc::new(Shared::default());
+        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(32);
+        let s = shared.clone();
+        let writer = link.writer;
+        let sender = std::thread::spawn(move || send_loop(writer, rx, &s));
+        let s = shared.clone();
+        let reader = link.reader;
+        let receiver = std::thread::spawn(move || recv_loop(reader, &s, &reporter));
+        Conn {
+            tx: Some(tx),
+            shared,
+            next_id: AtomicU64::new(1),
+            threads: vec![sender, receiver],
+            ending: Mutex::new(Some(link.ending)),
+        }
+    }
+
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn send(&self, m: &Msg) -> Result<()> {
+        let ok = self
+            .tx
+            .as_ref()
+            .is_some_and(|tx| tx.send(m.encode()).is_ok());
+        if ok {
+            Ok(())
+        } else {
+            Err(self.failure())
+        }
+    }
+
+    /// Registers a route for `id`, then sends `m`.
+    pub fn request(&self, id: u64, m: &Msg) -> Result<Receiver<Msg>> {
+        let (tx, rx) = mpsc::channel();
+        {
+            let mut r = self.shared.routes.lock().unwrap();
+            if r.ended.is_some() {
+                drop(r);
+                return Err(self.failure());
+            }
+            r.map.insert(id, tx);
+        }
+        self.send(m)?;
+        Ok(rx)
+    }
+
+    /// Waits for the next reply on a route.
+    pub fn wait(&self, rx: &Receiver<Msg>) -> Result<Msg> {
+        rx.recv().map_err(|_| self.failure())
+    }
+
+    /// Why the connection failed (the slave's own words when it sent them).
+    pub fn failure(&self) -> Error {
+        let r = self.shared.routes.lock().unwrap();
+        match &r.ended {
+            Some(Error::Remote { code, message }) => Error::Remote {
+                code: *code,
+                message: message.clone(),
+            },
+            Some(e) => Error::Disconnected(e.to_string()),
+            None => Error::Disconnected("the sender stopped".into()),
+        }
+    }
+
+    /// Closes our side and waits for the slave to exit.
+    pub fn close(mut self) -> Result<()> {
+        self.tx = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        match self.ending.lock().unwrap().take() {
+            Some(end) => end(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.tx = None;
+    }
+}
+
+fn send_loop(writer: Box<dyn Write + Send>, rx: Receiver<Vec<u8>>, s: &Shared) {
+    let mut w = BufWriter::with_capacity(1 << 20, writer);
+    let mut result = Ok(());
+    'outer: while let Ok(mut body) = rx.recv() {
+        loop {
+            s.bytes_sent
+                .fetch_add(body.len() as u64 + 4, Ordering::Relaxed);
+            if let Err(e) = wire::write_frame(&mut w, &body) {
+                result = Err(e);
+                break 'outer;
+            }
+            match rx.try_recv() {
+                Ok(b) => body = b,
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = w.flush() {
+            result = Err(e);
+            break;
+        }
+    }
+    if let Err(e) = result {
+        end(s, Error::Disconnected(format!("writing to slave: {e}")));
+    }
+    // Dropping the writer closes the slave's input: it sees the end of the stream.
+}
+
+fn end(s: &Shared, e: Error) {
+    let mut r = s.routes.lock().unwrap();
+    if r.ended.is_none() {
+        r.ended = Some(e);
+    }
+    r.map.clear();
+}
+
+fn recv_loop(reader: Box<dyn Read + Send>, s: &Shared, reporter: &Reporter) {
+    let mut r = std::io::BufReader::with_capacity(1 << 20, reader);
+    let mut buf = Vec::new();
+    let why = loop {
+        let msg = match wire::read_frame(&mut r, &mut buf) {
+            Ok(Some(kind)) => {
+                s.bytes_received
+                    .fetch_add(buf.len() as u64 + 5, Ordering::Relaxed);
+                match Msg::decode(kind, &buf) {
+                    Ok(m) => m,
+                    Err(e) => break Error::Protocol(format!("bad frame from slave: {e}")),
+                }
+            }
+            Ok(None) => break Error::Disconnected("the slave closed the connection".into()),
+            Err(wire::WireError::Io(e)) => {
+                break Error::Disconnected(format!("reading from slave: {e}"))
+            }
+            Err(e) => {
+                break Error::Protocol(format!(
+                    "bad frame from slave (is `georep slave` what runs there?): {e}"
+                ))
+            }
+        };
+        let (id, done) = match &msg {
+            Msg::Hello(_) | Msg::Finished => (CONTROL, true),
+            Msg::DirEntries { id, last, .. } => (*id, *last),
+            Msg::SigChunk { id, .. } => (*id, false),
+            Msg::SigEnd { id } | Msg::SigFail { id, .. } | Msg::BarrierAck { id } => (*id, true),
+            Msg::Verified { id, ok } => {
+                let job = s.unverified.lock().unwrap().remove(id);
+                match job {
+                    Some(job) if !ok => s.retries.lock().unwrap().push(job),
+                    Some(_) => {}
+                    None => break Error::Protocol(format!("verdict for unknown file {id}")),
+                }
+                continue;
+            }
+            Msg::OpError { path, message } => {
+                reporter.error(&format!("{}: {message}", show(path)));
+                continue;
+            }
+            Msg::Fatal { code, message } => {
+                break Error::Remote {
+                    code: *code,
+                    message: message.clone(),
+                }
+            }
+            other => break Error::Protocol(format!("unexpected message from slave: {other:?}")),
+        };
+        let mut routes = s.routes.lock().unwrap();
+        let Some(tx) = (if done {
+            routes.map.remove(&id)
+        } else {
+            routes.map.get(&id).cloned()
+        }) else {
+            drop(routes);
+            break Error::Protocol(format!("reply for unknown request {id}"));
+        };
+        drop(routes);
+        let _ = tx.send(msg);
+    };
+    end(s, why);
+}

@@ -1,0 +1,654 @@
+//! `georep sync`: one-shot replication of a tree through the protocol.
+//!
+//! The planner walks the source depth first, one directory at a time, and
+//! merges each directory's entries with the slave's listing of the same
+//! directory (requested ahead, so listings stream while we work). Differences
+//! become entry ops (sent at once, in order), data jobs (run by `jobs`
+//! worker threads, pipelined on the same connection) and metadata ops.
+//! Directory metadata is applied by the slave at Finish, deepest first, after
+//! all contents changed. Hard links are sent last, once every group leader
+//! has its final content. Memory is bounded by the walk's depth, the
+//! lookahead window and the hard-link table, not by the tree.
+
+pub mod conn;
+pub mod report;
+pub mod worker;
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
+
+use rustix::fs::{Mode, OFlags};
+
+use crate::confine::{join, show, PathError, Root};
+use crate::error::{Error, Result};
+use crate::exclude::Excluder;
+use crate::meta::{self, Entry, Kind, Meta, ScanOpts, XattrTarget};
+use crate::proto::{self, FsyncPolicy, Hello, Msg};
+use crate::target::Target;
+use crate::transport;
+use conn::{Conn, CONTROL};
+use report::{Reporter, Summary};
+use worker::{DataJob, JobOpts};
+
+/// Validated options of a sync run.
+#[derive(Clone, Debug)]
+pub struct SyncOptions {
+    pub source: PathBuf,
+    pub target: Target,
+    pub delete: bool,
+    pub checksum: bool,
+    pub whole_file: bool,
+    pub dry_run: bool,
+    pub jobs: usize,
+    pub fsync: FsyncPolicy,
+    pub xattrs: bool,
+    pub excluder: Excluder,
+    pub verbose: bool,
+    pub json: bool,
+    pub progress: bool,
+}
+
+/// Directory listings requested ahead of the walk.
+const LOOKAHEAD: usize = 64;
+
+/// Runs a sync; per-entry failures are counted in the summary.
+pub fn run(opts: &SyncOptions) -> Result<Summary> {
+    let rep = Arc::new(Reporter::new(opts.verbose, opts.json, opts.progress));
+    let source = open_source(opts)?;
+    let link = transport::for_target(&opts.target)?.connect()?;
+    let conn = Conn::start(link, rep.clone());
+    let outcome = Planner::new(opts, &conn, &rep, source).and_then(|mut p| p.run());
+    let shared = conn.shared.clone();
+    let closed = conn.close();
+    outcome?;
+    // A slave that acknowledged everything but then failed to exit cleanly is
+    // still an error worth reporting.
+    closed?;
+    Ok(rep.summary(
+        shared.bytes_sent.load(Relaxed),
+        shared.bytes_received.load(Relaxed),
+        opts.dry_run,
+    ))
+}
+
+fn open_source(opts: &SyncOptions) -> Result<Root> {
+    let path = opts.source.display().to_string();
+    let fd = rustix::fs::open(
+        &opts.source,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::Source {
+        path,
+        reason: match e {
+            rustix::io::Errno::NOTDIR => "not a directory".into(),
+            e => e.to_string(),
+        },
+    })?;
+    Ok(Root::new(fd))
+}
+
+/// A directory waiting to be merged.
+struct DirTask {
+    rel: Vec<u8>,
+    /// The source directory's own entry (metadata to replicate).
+    master: Entry,
+    slave: Listing,
+}
+
+enum Listing {
+    /// Not on the slave: everything below is created.
+    Absent,
+    /// On the slave, listing not yet requested.
+    Pending,
+    Requested(Receiver<Msg>),
+}
+
+/// A hard-link group, by the source's (dev, ino).
+struct Leader {
+    rel: Vec<u8>,
+    /// The slave inode now holding the leader's content, unless it is being replaced.
+    slave_ino: Option<u64>,
+}
+
+struct Planner<'a> {
+    opts: &'a SyncOptions,
+    conn: &'a Conn,
+    rep: &'a Arc<Reporter>,
+    source: Root,
+    scan: ScanOpts,
+    /// The slave can set owners (runs as root).
+    owners: bool,
+    links: HashMap<(u64, u64), Leader>,
+    deferred_links: Vec<(Vec<u8>, Vec<u8>)>,
+    jobs: Option<mpsc::SyncSender<DataJob>>,
+    job_opts: JobOpts,
+    in_flight: usize,
+}
+
+impl<'a> Planner<'a> {
+    fn new(
+        opts: &'a SyncOptions,
+        conn: &'a Conn,
+        rep: &'a Arc<Reporter>,
+        source: Root,
+    ) -> Result<Self> {
+        let hello = handshake(conn, opts)?;
+        let xattrs = opts.xattrs && hello.features & proto::feature::XATTRS != 0;
+        Ok(Planner {
+            opts,
+            conn,
+            rep,
+            source,
+            scan: ScanOpts {
+                xattrs,
+                privileged_xattrs: hello.privileged,
+                checksum: false,
+            },
+            owners: hello.privileged,
+            links: HashMap::new(),
+            deferred_links: Vec::new(),
+            jobs: None,
+            job_opts: JobOpts {
+                xattrs,
+                privileged_xattrs: hello.privileged,
+            },
+            in_flight: 0,
+        })
+    }
+
+    fn run(&mut self) -> Result<()> {
+        let root_entry = self.source_root_entry()?;
+        let rx_root = self.list(Vec::new())?;
+        let (tx, rx) = mpsc::sync_channel::<DataJob>(self.opts.jobs * 4);
+        let rx = Arc::new(Mutex::new(rx));
+        self.jobs = Some(tx);
+        let (conn, rep, o) = (self.conn, self.rep, self.job_opts);
+        std::thread::scope(|scope| -> Result<()> {
+            let workers: Vec<_> = (0..self.opts.jobs)
+                .map(|_| {
+                    let rx = rx.clone();
+                    scope.spawn(move || loop {
+                        let job = rx.lock().unwrap().recv();
+                        match job {
+                            Ok(job) => worker::run(conn, job, o, rep)?,
+                            Err(_) => return Ok(()),
+                        }
+                    })
+                })
+                .collect();
+            let walked = self.walk(root_entry, rx_root);
+            // Closing the queue lets the workers finish what is queued and stop.
+            self.jobs = None;
+            let mut first_err = walked.err();
+            for w in workers {
+                if let Err(e) = w.join().expect("worker panicked") {
+                    first_err.get_or_insert(e);
+                }
+            }
+            first_err.map_or(Ok(()), Err)
+        })?;
+        self.settle_retries()?;
+        for (path, target) in std::mem::take(&mut self.deferred_links) {
+            self.rep.item('=', &path);
+            self.mutate(&Msg::Link { path, target })?;
+        }
+        let rx = self.conn.request(CONTROL, &Msg::Finish)?;
+        match self.conn.wait(&rx)? {
+            Msg::Finished => Ok(()),
+            other => Err(Error::Protocol(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    fn source_root_entry(&self) -> Result<Entry> {
+        let fd = self.source.fd();
+        let st = rustix::fs::fstat(fd).map_err(|e| self.source_err(e.into()))?;
+        let xattrs = if self.scan.xattrs {
+            meta::read_xattrs(&XattrTarget::Fd(fd), self.scan.privileged_xattrs)
+                .map_err(|e| self.source_err(e))?
+        } else {
+            Vec::new()
+        };
+        Ok(meta::entry_from_stat(
+            Vec::new(),
+            &st,
+            Vec::new(),
+            xattrs,
+            None,
+        ))
+    }
+
+    fn source_err(&self, e: std::io::Error) -> Error {
+        Error::Source {
+            path: self.opts.source.display().to_string(),
+            reason: e.to_string(),
+        }
+    }
+
+    /// Requests the slave's listing of a directory.
+    fn list(&mut self, rel: Vec<u8>) -> Result<Receiver<Msg>> {
+        let id = self.conn.next_id();
+        self.in_flight += 1;
+        self.conn.request(
+            id,
+            &Msg::ListDir {
+                id,
+                path: rel,
+                xattrs: self.scan.xattrs,
+                checksum: self.opts.checksum,
+            },
+        )
+    }
+
+    /// Depth-first walk with listings requested up to LOOKAHEAD directories ahead.
+    fn walk(&mut self, root: Entry, root_listing: Receiver<Msg>) -> Result<()> {
+        let mut stack = vec![DirTask {
+            rel: Vec::new(),
+            master: root,
+            slave: Listing::Requested(root_listing),
+        }];
+        while let Some(task) = stack.pop() {
+            let slave = match task.slave {
+                Listing::Requested(rx) => {
+                    self.in_flight -= 1;
+                    Some(self.receive_listing(&rx)?)
+                }
+                Listing::Pending => {
+                    let rx = self.list(task.rel.clone())?;
+                    self.in_flight -= 1;
+                    Some(self.receive_listing(&rx)?)
+                }
+                Listing::Absent => None,
+            };
+            let children = self.merge_dir(&task.rel, &task.master, slave)?;
+            stack.extend(children.into_iter().rev());
+            // Keep the slave busy listing what comes next.
+            for t in stack.iter_mut().rev() {
+                if self.in_flight >= LOOKAHEAD {
+                    break;
+                }
+                if let Listing::Pending = t.slave {
+                    let rx = self.list(t.rel.clone())?;
+                    t.slave = Listing::Requested(rx);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Collects one directory's listing: its own entry (None if it does not
+    /// exist on the slave) and its children.
+    fn receive_listing(&self, rx: &Receiver<Msg>) -> Result<(Option<Entry>, Vec<Entry>)> {
+        let mut this = None;
+        let mut entries = Vec::new();
+        loop {
+            match self.conn.wait(rx)? {
+                Msg::DirEntries {
+                    this: t,
+                    entries: mut e,
+                    last,
+                    ..
+                } => {
+                    if t.is_some() {
+                        this = t;
+                    }
+                    entries.append(&mut e);
+                    if last {
+                        break;
+                    }
+                }
+                other => return Err(Error::Protocol(format!("unexpected reply {other:?}"))),
+            }
+        }
+        // Sorted by the slave; a hostile or buggy slave must not confuse the merge.
+        entries.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        entries.dedup_by(|a, b| a.name == b.name);
+        Ok((this, entries))
+    }
+
+    /// Sends a message that changes the slave (skipped in a dry run).
+    fn mutate(&self, m: &Msg) -> Result<()> {
+        if self.opts.dry_run {
+            Ok(())
+        } else {
+            self.conn.send(m)
+        }
+    }
+
+    /// Merges one directory; returns the subdirectories to visit.
+    fn merge_dir(
+        &mut self,
+        rel: &[u8],
+        master: &Entry,
+        slave: Option<(Option<Entry>, Vec<Entry>)>,
+    ) -> Result<Vec<DirTask>> {
+        let (slave_this, slave_entries) = match slave {
+            Some((Some(this), entries)) => (Some(this), entries),
+            // Listed but gone (removed behind our back): treat as absent.
+            _ => (None, Vec::new()),
+        };
+        let dir = match self.source.open_dir(rel) {
+            Ok(d) => d,
+            Err(e) => return self.unreadable_dir(rel, e),
+        };
+        let (mut entries, _) = match meta::scan_dir(dir.as_fd(), self.scan) {
+            Ok(x) => x,
+            Err(e) => {
+                return self.unreadable_dir(
+                    rel,
+                    PathError::Io {
+                        path: show(rel),
+                        source: e,
+                    },
+                )
+            }
+        };
+        entries.retain(|e| {
+            !self
+                .opts
+                .excluder
+                .excluded(&join(rel, &e.name), e.kind == Kind::Dir)
+        });
+        let slave_entries: Vec<Entry> = slave_entries
+            .into_iter()
+            .filter(|e| {
+                !self
+                    .opts
+                    .excluder
+                    .excluded(&join(rel, &e.name), e.kind == Kind::Dir)
+            })
+            .collect();
+
+        let mut changed = false;
+        let mut children = Vec::new();
+        let mut s_iter = slave_entries.into_iter().peekable();
+        for m in entries {
+            self.rep.counters.files_total.fetch_add(1, Relaxed);
+            // Slave-only names sorting before this one are extras.
+            while let Some(s) = s_iter.next_if(|s| s.name < m.name) {
+                changed |= self.delete(rel, &s)?;
+            }
+            let s = s_iter.next_if(|s| s.name == m.name);
+            let path = join(rel, &m.name);
+            changed |= self.reconcile(&path, &dir, m, s, &mut children)?;
+        }
+        for s in s_iter {
+            changed |= self.delete(rel, &s)?;
+        }
+
+        let meta_differs = slave_this
+            .as_ref()
+            .is_none_or(|s| self.meta_differs(Kind::Dir, &master.meta, &s.meta));
+        if changed || meta_differs {
+            if meta_differs && slave_this.is_some() {
+                self.rep.item('.', rel);
+                self.rep.counters.meta_updated.fetch_add(1, Relaxed);
+            }
+            self.mutate(&Msg::DirMeta {
+                path: rel.to_vec(),
+                meta: master.meta.clone(),
+            })?;
+        }
+        Ok(children)
+    }
+
+    /// A source directory that cannot be read: report it and leave its
+    /// replica alone (deleting there would lose data we cannot see).
+    fn unreadable_dir(&self, rel: &[u8], e: PathError) -> Result<Vec<DirTask>> {
+        self.rep
+            .error(&format!("cannot read directory {}: {e}", show(rel)));
+        Ok(Vec::new())
+    }
+
+    fn delete(&self, dir: &[u8], s: &Entry) -> Result<bool> {
+        if !self.opts.delete {
+            return Ok(false);
+        }
+        let path = join(dir, &s.name);
+        self.rep.item('-', &path);
+        self.rep.counters.entries_deleted.fetch_add(1, Relaxed);
+        self.mutate(&Msg::Remove { path })?;
+        Ok(true)
+    }
+
+    fn meta_differs(&self, kind: Kind, m: &Meta, s: &Meta) -> bool {
+        (kind != Kind::Symlink && m.mode != s.mode)
+            || m.mtime_sec != s.mtime_sec
+            || m.mtime_nsec != s.mtime_nsec
+            || (self.owners && (m.uid != s.uid || m.gid != s.gid))
+            || (self.scan.xattrs && m.xattrs != s.xattrs)
+    }
+
+    /// Brings one slave entry in line with its source entry; returns whether
+    /// the containing directory's entries changed.
+    fn reconcile(
+        &mut self,
+        path: &[u8],
+        dir: &Arc<OwnedFd>,
+        m: Entry,
+        s: Option<Entry>,
+        children: &mut Vec<DirTask>,
+    ) -> Result<bool> {
+        let mut changed = false;
+        let s = match s {
+            Some(s) if s.kind != m.kind => {
+                // A type change: the old entry goes first.
+                self.rep.counters.entries_deleted.fetch_add(1, Relaxed);
+                self.mutate(&Msg::Remove {
+                    path: path.to_vec(),
+                })?;
+                changed = true;
+                None
+            }
+            s => s,
+        };
+        match m.kind {
+            Kind::Dir => {
+                let slave = match s {
+                    Some(_) => Listing::Pending,
+                    None => {
+                        self.created(path);
+                        self.mutate(&Msg::Mkdir {
+                            path: path.to_vec(),
+                        })?;
+                        changed = true;
+                        Listing::Absent
+                    }
+                };
+                children.push(DirTask {
+                    rel: path.to_vec(),
+                    master: m,
+                    slave,
+                });
+            }
+            Kind::Regular => changed |= self.regular(path, dir, m, s)?,
+            Kind::Symlink => match s {
+                Some(s) if s.target == m.target => self.update_meta(path, &m, &s)?,
+                s => {
+                    if s.is_some() {
+                        self.rep.item('>', path);
+                    } else {
+                        self.created(path);
+                    }
+                    self.mutate(&Msg::Symlink {
+                        path: path.to_vec(),
+                        target: m.target,
+                        meta: m.meta,
+                    })?;
+                    changed = true;
+                }
+            },
+            kind => match s {
+                Some(s) if s.rdev == m.rdev => self.update_meta(path, &m, &s)?,
+                s => {
+                    if s.is_none() {
+                        self.created(path);
+                    }
+                    self.mutate(&Msg::Mknod {
+                        path: path.to_vec(),
+                        kind,
+                        rdev: m.rdev,
+                        meta: m.meta,
+                    })?;
+                    changed = true;
+                }
+            },
+        }
+        Ok(changed)
+    }
+
+    fn created(&self, path: &[u8]) {
+        self.rep.item('+', path);
+        self.rep.counters.entries_created.fetch_add(1, Relaxed);
+    }
+
+    fn update_meta(&self, path: &[u8], m: &Entry, s: &Entry) -> Result<()> {
+        if self.meta_differs(m.kind, &m.meta, &s.meta) {
+            self.rep.item('.', path);
+            self.rep.counters.meta_updated.fetch_add(1, Relaxed);
+            self.mutate(&Msg::SetMeta {
+                path: path.to_vec(),
+                kind: m.kind,
+                meta: m.meta.clone(),
+            })?;
+        }
+        Ok(())
+    }
+
+    fn regular(
+        &mut self,
+        path: &[u8],
+        dir: &Arc<OwnedFd>,
+        m: Entry,
+        s: Option<Entry>,
+    ) -> Result<bool> {
+        let in_group = m.nlink > 1;
+        if in_group {
+            if let Some(leader) = self.links.get(&(m.dev, m.ino)) {
+                // A further name of a group whose leader is already placed.
+                let linked = matches!((&s, leader.slave_ino), (Some(s), Some(ino)) if s.ino == ino);
+                if !linked {
+                    self.deferred_links
+                        .push((path.to_vec(), leader.rel.clone()));
+                    return Ok(true);
+                }
+                return Ok(false);
+            }
+        }
+        let needs_data = match &s {
+            None => true,
+            Some(s) => {
+                s.meta.mtime_sec != m.meta.mtime_sec
+                    || s.meta.mtime_nsec != m.meta.mtime_nsec
+                    || s.size != m.size
+                    // The slave shares this inode with names it should not.
+                    || (!in_group && s.nlink > 1)
+                    || (self.opts.checksum && s.hash != self.hash_source(dir, &m))
+            }
+        };
+        if in_group {
+            self.links.insert(
+                (m.dev, m.ino),
+                Leader {
+                    rel: path.to_vec(),
+                    slave_ino: s.as_ref().filter(|_| !needs_data).map(|s| s.ino),
+                },
+            );
+        }
+        if !needs_data {
+            self.update_meta(path, &m, s.as_ref().expect("present"))?;
+            return Ok(false);
+        }
+        if s.is_some() {
+            self.rep.item('>', path);
+        } else {
+            self.created(path);
+        }
+        let basis = s
+            .filter(|s| !self.opts.whole_file && s.size > 0)
+            .map(|s| s.size);
+        if self.opts.dry_run {
+            self.rep.counters.files_transferred.fetch_add(1, Relaxed);
+            self.rep.counters.bytes_literal.fetch_add(m.size, Relaxed);
+            return Ok(true);
+        }
+        let job = DataJob {
+            rel: path.to_vec(),
+            dir: dir.clone(),
+            name: m.name,
+            basis,
+        };
+        if self
+            .jobs
+            .as_ref()
+            .expect("workers running")
+            .send(job)
+            .is_err()
+        {
+            // Workers stop only when the connection failed.
+            return Err(self.conn.failure());
+        }
+        Ok(true)
+    }
+
+    fn hash_source(&self, dir: &Arc<OwnedFd>, m: &Entry) -> Option<[u8; 32]> {
+        let opts = ScanOpts {
+            checksum: true,
+            xattrs: false,
+            ..self.scan
+        };
+        meta::stat_entry(dir.as_fd(), &m.name, opts).ok()?.hash
+    }
+
+    /// Waits until the slave has judged every delta, then resends whole the
+    /// files whose delta did not rebuild the right content.
+    fn settle_retries(&mut self) -> Result<()> {
+        for _ in 0..2 {
+            let id = self.conn.next_id();
+            let rx = self.conn.request(id, &Msg::Barrier { id })?;
+            self.conn.wait(&rx)?;
+            let retries = std::mem::take(&mut *self.conn.shared.retries.lock().unwrap());
+            if retries.is_empty() {
+                return Ok(());
+            }
+            for mut job in retries {
+                self.rep.warn(&format!(
+                    "{}: delta did not verify; sending whole",
+                    show(&job.rel)
+                ));
+                job.basis = None;
+                worker::run(self.conn, job, self.job_opts, self.rep)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn handshake(conn: &Conn, opts: &SyncOptions) -> Result<Hello> {
+    let rx = conn.request(
+        CONTROL,
+        &Msg::Hello(Hello {
+            version: proto::VERSION,
+            features: proto::FEATURES,
+            privileged: false,
+            dry_run: opts.dry_run,
+            fsync: opts.fsync,
+        }),
+    )?;
+    match conn.wait(&rx)? {
+        Msg::Hello(h) if h.version == proto::VERSION => Ok(Hello {
+            features: h.features & proto::FEATURES,
+            ..h
+        }),
+        Msg::Hello(h) => Err(Error::Protocol(format!(
+            "protocol version mismatch: this master speaks {}, the slave speaks {}",
+            proto::VERSION,
+            h.version
+        ))),
+        other => Err(Error::Protocol(format!("unexpected reply {other:?}"))),
+    }
+}

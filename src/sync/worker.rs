@@ -1,0 +1,296 @@
+//! Data jobs: read one file as it is now and ship it, whole or as a delta
+//! against the slave's version (DESIGN.md invariants 5 and 6).
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use fast_rsync::Signature;
+use rustix::fs::{Mode, OFlags, SeekFrom, Stat};
+
+use crate::confine::show;
+use crate::delta::{self, hash_zeros, read_exact_at};
+use crate::error::{Error, Result};
+use crate::meta::{self, Kind, Meta, XattrTarget};
+use crate::proto::Msg;
+use crate::sync::conn::Conn;
+use crate::sync::report::Reporter;
+
+/// Whole-file data goes in frames of this size.
+const CHUNK: usize = 256 << 10;
+/// A file that keeps changing while read is tried this many times.
+const ATTEMPTS: usize = 3;
+
+#[derive(Clone)]
+pub struct DataJob {
+    pub rel: Vec<u8>,
+    pub dir: Arc<OwnedFd>,
+    pub name: Vec<u8>,
+    /// Size of the slave's current version, when a delta against it makes sense.
+    pub basis: Option<u64>,
+}
+
+#[derive(Clone, Copy)]
+pub struct JobOpts {
+    pub xattrs: bool,
+    pub privileged_xattrs: bool,
+}
+
+/// What one attempt found.
+enum Outcome {
+    Sent,
+    /// The file changed while being read: the slave was told to drop it.
+    Torn,
+    /// Gone or no longer a regular file: the next run settles it.
+    Vanished,
+}
+
+/// Ships one file; per-file failures are reported, connection failures returned.
+pub fn run(conn: &Conn, job: DataJob, o: JobOpts, rep: &Reporter) -> Result<()> {
+    for _ in 0..ATTEMPTS {
+        match attempt(conn, &job, o, rep) {
+            Ok(Outcome::Sent) => {
+                rep.counters.files_transferred.fetch_add(1, Relaxed);
+                return Ok(());
+            }
+            Ok(Outcome::Torn) => continue,
+            Ok(Outcome::Vanished) => {
+                rep.warn(&format!(
+                    "{}: vanished before it could be sent",
+                    show(&job.rel)
+                ));
+                return Ok(());
+            }
+            Err(JobError::File(e)) => {
+                rep.error(&format!("cannot send {}: {e}", show(&job.rel)));
+                return Ok(());
+            }
+            Err(JobError::Conn(e)) => return Err(e),
+        }
+    }
+    rep.error(&format!(
+        "{}: changed every time it was read; not sent",
+        show(&job.rel)
+    ));
+    Ok(())
+}
+
+enum JobError {
+    /// This file failed; the run goes on.
+    File(io::Error),
+    Conn(Error),
+}
+
+impl From<io::Error> for JobError {
+    fn from(e: io::Error) -> Self {
+        JobError::File(e)
+    }
+}
+
+impl From<rustix::io::Errno> for JobError {
+    fn from(e: rustix::io::Errno) -> Self {
+        JobError::File(e.into())
+    }
+}
+
+impl From<Error> for JobError {
+    fn from(e: Error) -> Self {
+        JobError::Conn(e)
+    }
+}
+
+fn open_source(dir: BorrowedFd, name: &[u8]) -> rustix::io::Result<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+    // O_NOATIME keeps a backup from touching atimes; only the owner (or root) may ask.
+    match rustix::fs::openat(dir, name, flags | OFlags::NOATIME, Mode::empty()) {
+        Err(rustix::io::Errno::PERM) => rustix::fs::openat(dir, name, flags, Mode::empty()),
+        r => r,
+    }
+}
+
+fn same_version(a: &Stat, b: &Stat) -> bool {
+    a.st_size == b.st_size
+        && a.st_mtime == b.st_mtime
+        && a.st_mtime_nsec == b.st_mtime_nsec
+        && a.st_ctime == b.st_ctime
+        && a.st_ctime_nsec == b.st_ctime_nsec
+        && a.st_ino == b.st_ino
+}
+
+fn attempt(conn: &Conn, job: &DataJob, o: JobOpts, rep: &Reporter) -> Result<Outcome, JobError> {
+    let fd = match open_source(job.dir.as_fd(), &job.name) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) | Err(rustix::io::Errno::LOOP) => {
+            return Ok(Outcome::Vanished)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let before = rustix::fs::fstat(&fd)?;
+    if Kind::from_stat(&before) != Kind::Regular {
+        return Ok(Outcome::Vanished);
+    }
+    let size = before.st_size as u64;
+    let id = conn.next_id();
+    let signature = match job.basis {
+        Some(basis) => fetch_signature(conn, id, &job.rel, basis)?,
+        None => None,
+    };
+    rep.planned(size);
+    conn.send(&Msg::FileBegin {
+        id,
+        path: job.rel.clone(),
+        size,
+        delta: signature.is_some(),
+    })?;
+    let mut hasher = blake3::Hasher::new();
+    let read = match &signature {
+        Some(sig) => send_delta(conn, id, fd.as_fd(), size, sig, &mut hasher, rep),
+        None => send_whole(conn, id, fd.as_fd(), size, &mut hasher, rep),
+    };
+    let after = rustix::fs::fstat(&fd);
+    let torn = match (&read, &after) {
+        (Err(JobError::Conn(_)), _) => return read.map(|_| Outcome::Torn),
+        (_, Ok(after)) => !same_version(&before, after),
+        _ => true,
+    };
+    if torn || read.is_err() {
+        conn.send(&Msg::FileAbort { id })?;
+        return match read {
+            Err(e) if !torn => Err(e),
+            _ => Ok(Outcome::Torn),
+        };
+    }
+    let after = after?;
+    let xattrs = if o.xattrs {
+        meta::read_xattrs(&XattrTarget::Fd(fd.as_fd()), o.privileged_xattrs)?
+    } else {
+        Vec::new()
+    };
+    if signature.is_some() {
+        // Registered before FileEnd is sent, so the verdict always finds it.
+        conn.shared
+            .unverified
+            .lock()
+            .unwrap()
+            .insert(id, job.clone());
+    }
+    conn.send(&Msg::FileEnd {
+        id,
+        hash: *hasher.finalize().as_bytes(),
+        meta: Meta::from_stat(&after, xattrs),
+    })?;
+    Ok(Outcome::Sent)
+}
+
+/// Asks the slave for its version's signature; None falls back to a whole transfer.
+fn fetch_signature(conn: &Conn, id: u64, rel: &[u8], basis: u64) -> Result<Option<Signature>> {
+    let block = delta::block_size_for(basis);
+    let rx = conn.request(
+        id,
+        &Msg::SigReq {
+            id,
+            path: rel.to_vec(),
+            block_size: block,
+            hash_len: delta::HASH_LEN,
+        },
+    )?;
+    // The basis may have grown since it was listed; still refuse absurd sizes.
+    let cap = delta::signature_len(basis.max(1 << 30) * 4, block, delta::HASH_LEN);
+    let mut bytes = Vec::new();
+    loop {
+        match conn.wait(&rx)? {
+            Msg::SigChunk { data, .. } => {
+                if (bytes.len() + data.len()) as u64 > cap {
+                    return Err(Error::Protocol("oversized signature from slave".into()));
+                }
+                bytes.extend_from_slice(&data);
+            }
+            Msg::SigEnd { .. } => break,
+            Msg::SigFail { .. } => return Ok(None),
+            other => return Err(Error::Protocol(format!("unexpected reply {other:?}"))),
+        }
+    }
+    match Signature::deserialize(bytes) {
+        Ok(sig) if sig.serialized().len() >= delta::SIG_HEADER => Ok(Some(sig)),
+        _ => Err(Error::Protocol("invalid signature from slave".into())),
+    }
+}
+
+fn send_delta(
+    conn: &Conn,
+    id: u64,
+    fd: BorrowedFd,
+    size: u64,
+    sig: &Signature,
+    hasher: &mut blake3::Hasher,
+    rep: &Reporter,
+) -> Result<(), JobError> {
+    let index = sig.index();
+    let block = u32::from_be_bytes(sig.serialized()[4..8].try_into().unwrap());
+    let window = delta::window_for(block);
+    let mut buf = vec![0u8; window.min(size as usize)];
+    let mut off = 0u64;
+    while off < size {
+        let n = ((size - off) as usize).min(window);
+        read_exact_at(fd, &mut buf[..n], off)?;
+        hasher.update(&buf[..n]);
+        let mut d = Vec::new();
+        fast_rsync::diff(&index, &buf[..n], &mut d)
+            .map_err(|e| JobError::File(io::Error::other(e.to_string())))?;
+        let (lit, copied) = delta::delta_stats(&d);
+        rep.counters.bytes_literal.fetch_add(lit, Relaxed);
+        rep.counters.bytes_matched.fetch_add(copied, Relaxed);
+        conn.send(&Msg::FileDelta {
+            id,
+            len: n as u32,
+            delta: d,
+        })?;
+        rep.progressed(n as u64);
+        off += n as u64;
+    }
+    Ok(())
+}
+
+fn send_whole(
+    conn: &Conn,
+    id: u64,
+    fd: BorrowedFd,
+    size: u64,
+    hasher: &mut blake3::Hasher,
+    rep: &Reporter,
+) -> Result<(), JobError> {
+    let mut off = 0u64;
+    let mut buf = vec![0u8; CHUNK.min(size as usize)];
+    // Only data extents are read: holes stay holes and cost nothing.
+    while off < size {
+        let data = match rustix::fs::seek(fd, SeekFrom::Data(off)) {
+            Ok(d) => d.min(size),
+            Err(rustix::io::Errno::NXIO) => size,
+            Err(e) => return Err(e.into()),
+        };
+        let hole = if data < size {
+            rustix::fs::seek(fd, SeekFrom::Hole(data))?.min(size)
+        } else {
+            size
+        };
+        hash_zeros(hasher, data - off);
+        rep.progressed(data - off);
+        let mut p = data;
+        while p < hole {
+            let n = ((hole - p) as usize).min(CHUNK);
+            read_exact_at(fd, &mut buf[..n], p)?;
+            hasher.update(&buf[..n]);
+            rep.counters.bytes_literal.fetch_add(n as u64, Relaxed);
+            conn.send(&Msg::FileData {
+                id,
+                offset: p,
+                data: buf[..n].to_vec(),
+            })?;
+            rep.progressed(n as u64);
+            p += n as u64;
+        }
+        off = hole;
+    }
+    Ok(())
+}

@@ -1,0 +1,128 @@
+//! TARGET forms of the command line (DESIGN.md section 5).
+
+use std::path::PathBuf;
+
+/// Where a replica lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A directory on this machine: `/path`, `relative/path` or `file:///path`.
+    Local(PathBuf),
+    /// A directory or named volume on another machine, reached over SSH.
+    Ssh {
+        user: Option<String>,
+        host: String,
+        port: Option<u16>,
+        place: Place,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Place {
+    Path(PathBuf),
+    Volume(String),
+}
+
+impl Target {
+    /// Parses a TARGET argument. Local paths win over the `host:path` form
+    /// when they contain a slash before the colon (as rsync does).
+    pub fn parse(s: &str) -> Result<Target, String> {
+        if let Some(rest) = s.strip_prefix("file://") {
+            if !rest.starts_with('/') {
+                return Err(format!("{s}: a file:// URL needs an absolute path"));
+            }
+            return Ok(Target::Local(PathBuf::from(rest)));
+        }
+        if let Some(rest) = s.strip_prefix("ssh://") {
+            let (authority, path) = match rest.find('/') {
+                Some(i) => (&rest[..i], &rest[i..]),
+                None => return Err(format!("{s}: an ssh:// URL needs a path")),
+            };
+            let (user, hostport) = split_user(authority);
+            let (host, port) = match hostport.rsplit_once(':') {
+                Some((h, p)) if !h.ends_with(']') || hostport.starts_with('[') => {
+                    let port = p.parse().map_err(|_| format!("{s}: bad port {p:?}"))?;
+                    (h, Some(port))
+                }
+                _ => (hostport, None),
+            };
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            if host.is_empty() {
+                return Err(format!("{s}: missing host"));
+            }
+            return Ok(Target::Ssh {
+                user,
+                host: host.to_string(),
+                port,
+                place: Place::Path(PathBuf::from(path)),
+            });
+        }
+        let colon = s.find(':');
+        let slash = s.find('/');
+        match colon {
+            Some(c) if slash.is_none_or(|sl| c < sl) && c > 0 => {
+                let (user, host) = split_user(&s[..c]);
+                let rest = &s[c + 1..];
+                let place = match rest.strip_prefix(':') {
+                    Some(vol) if !vol.is_empty() => Place::Volume(vol.to_string()),
+                    Some(_) => return Err(format!("{s}: missing volume name")),
+                    None if rest.is_empty() => return Err(format!("{s}: missing remote path")),
+                    None => Place::Path(PathBuf::from(rest)),
+                };
+                Ok(Target::Ssh {
+                    user,
+                    host: host.to_string(),
+                    port: None,
+                    place,
+                })
+            }
+            _ if s.is_empty() => Err("empty target".into()),
+            _ => Ok(Target::Local(PathBuf::from(s))),
+        }
+    }
+}
+
+fn split_user(s: &str) -> (Option<String>, &str) {
+    match s.rsplit_once('@') {
+        Some((u, h)) => (Some(u.to_string()), h),
+        None => (None, s),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forms() {
+        assert_eq!(Target::parse("/a/b").unwrap(), Target::Local("/a/b".into()));
+        assert_eq!(Target::parse("rel").unwrap(), Target::Local("rel".into()));
+        assert_eq!(
+            Target::parse("./x:y").unwrap(),
+            Target::Local("./x:y".into())
+        );
+        assert_eq!(
+            Target::parse("file:///a").unwrap(),
+            Target::Local("/a".into())
+        );
+        assert_eq!(
+            Target::parse("ssh://u@h:2222/p").unwrap(),
+            Target::Ssh {
+                user: Some("u".into()),
+                host: "h".into(),
+                port: Some(2222),
+                place: Place::Path("/p".into())
+            }
+        );
+        assert_eq!(
+            Target::parse("h::vol").unwrap(),
+            Target::Ssh {
+                user: None,
+                host: "h".into(),
+                port: None,
+                place: Place::Volume("vol".into())
+            }
+        );
+        assert!(Target::parse("h:").is_err());
+        assert!(Target::parse("file://rel").is_err());
+    }
+}
