@@ -184,13 +184,15 @@ impl<W: Write> Agent<W> {
         }
     }
 
+    /// Reports a fatal error in a Fatal frame; stderr only if the frame cannot go out.
     fn fail(&mut self, code: Exit, message: String) -> Exit {
-        eprintln!("georep slave: {message}");
-        let _ = self.send(&Msg::Fatal {
+        let fatal = Msg::Fatal {
             code: code as u8,
-            message,
-        });
-        let _ = self.out.flush();
+            message: message.clone(),
+        };
+        if self.send(&fatal).and_then(|_| self.out.flush()).is_err() {
+            eprintln!("georep slave: {message}");
+        }
         code
     }
 

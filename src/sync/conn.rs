@@ -10,8 +10,9 @@ use std::collections::HashMap;
 use std::io::{BufWriter, Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crate::confine::show;
 use crate::error::{Error, Result};
@@ -27,6 +28,8 @@ pub const CONTROL: u64 = 0;
 #[derive(Default)]
 pub struct Shared {
     routes: Mutex<Routes>,
+    /// Signalled when the receiver has seen the connection end.
+    ended: Condvar,
     /// Delta-built files awaiting the slave's verdict, by id.
     pub unverified: Mutex<HashMap<u64, DataJob>>,
     /// Files whose delta failed verification: to be sent whole.
@@ -105,16 +108,25 @@ impl Conn {
         rx.recv().map_err(|_| self.failure())
     }
 
-    /// Why the connection failed (the slave's own words when it sent them).
+    /// Why the connection failed, in the slave's own words when it sent
+    /// them: a write that failed because the slave stopped is only a symptom,
+    /// so this waits (briefly) for the receiver to read the slave's reason.
     pub fn failure(&self) -> Error {
         let r = self.shared.routes.lock().unwrap();
+        let (r, _) = self
+            .shared
+            .ended
+            .wait_timeout_while(r, Duration::from_secs(10), |r| r.ended.is_none())
+            .unwrap();
         match &r.ended {
             Some(Error::Remote { code, message }) => Error::Remote {
                 code: *code,
                 message: message.clone(),
             },
+            Some(Error::Protocol(m)) => Error::Protocol(m.clone()),
+            Some(Error::Disconnected(m)) => Error::Disconnected(m.clone()),
             Some(e) => Error::Disconnected(e.to_string()),
-            None => Error::Disconnected("the sender stopped".into()),
+            None => Error::Disconnected("writing to the slave failed".into()),
         }
     }
 
@@ -139,27 +151,23 @@ impl Drop for Conn {
 
 fn send_loop(writer: Box<dyn Write + Send>, rx: Receiver<Vec<u8>>, s: &Shared) {
     let mut w = BufWriter::with_capacity(1 << 20, writer);
-    let mut result = Ok(());
-    'outer: while let Ok(mut body) = rx.recv() {
+    // On a write error the loop just stops: the receiver learns why (the
+    // slave's Fatal frame, or its exit) and ends the routes with that reason.
+    while let Ok(mut body) = rx.recv() {
         loop {
             s.bytes_sent
                 .fetch_add(body.len() as u64 + 4, Ordering::Relaxed);
-            if let Err(e) = wire::write_frame(&mut w, &body) {
-                result = Err(e);
-                break 'outer;
+            if wire::write_frame(&mut w, &body).is_err() {
+                return;
             }
             match rx.try_recv() {
                 Ok(b) => body = b,
                 Err(_) => break,
             }
         }
-        if let Err(e) = w.flush() {
-            result = Err(e);
-            break;
+        if w.flush().is_err() {
+            return;
         }
-    }
-    if let Err(e) = result {
-        end(s, Error::Disconnected(format!("writing to slave: {e}")));
     }
     // Dropping the writer closes the slave's input: it sees the end of the stream.
 }
@@ -170,6 +178,7 @@ fn end(s: &Shared, e: Error) {
         r.ended = Some(e);
     }
     r.map.clear();
+    s.ended.notify_all();
 }
 
 fn recv_loop(reader: Box<dyn Read + Send>, s: &Shared, reporter: &Reporter) {
