@@ -147,6 +147,17 @@ pub fn serve(root: &Path, input: impl Read, output: impl Write) -> Exit {
     code
 }
 
+/// Answers a master that cannot be served at all (unknown volume, a key
+/// restricted elsewhere) with a Fatal frame, without reading its stream.
+pub fn refuse(output: impl Write, code: Exit, message: &str) {
+    let mut out = BufWriter::new(output);
+    let m = Msg::Fatal {
+        code: code as u8,
+        message: message.to_string(),
+    };
+    let _ = wire::write_frame(&mut out, &m.encode()).and_then(|_| out.flush());
+}
+
 impl<W: Write> Agent<W> {
     fn run(&mut self, mut input: impl Read) -> Exit {
         let mut buf = Vec::new();

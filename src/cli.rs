@@ -10,7 +10,9 @@ use crate::error::Exit;
 use crate::exclude::Excluder;
 use crate::proto::FsyncPolicy;
 use crate::sync::{self, SyncOptions};
-use crate::target::Target;
+use crate::target::{Place, Target};
+use crate::transport::SshOptions;
+use crate::volumes::{self, Request};
 
 #[derive(Parser, Debug)]
 #[command(name = "georep", version, about = "File-level geo-replication")]
@@ -25,13 +27,57 @@ pub enum Command {
     Sync(SyncArgs),
     /// The far end: apply a master's stream under --root (speaks on stdin/stdout).
     Slave(SlaveArgs),
+    /// Replication keys for SSH targets.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Create an ed25519 key pair and print the authorized_keys line for the slave.
+    Create(KeysCreateArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct KeysCreateArgs {
+    /// Where to write georep_ed25519 and georep_ed25519.pub.
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
+    #[command(flatten)]
+    pub place: PlaceArgs,
+    /// The georep binary on the slave host.
+    #[arg(long, value_name = "PATH")]
+    pub remote_command: Option<String>,
+}
+
+/// Exactly one of --root and --volume.
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+pub struct PlaceArgs {
+    /// Directory the replica lives in; nothing outside it is ever touched.
+    #[arg(long)]
+    pub root: Option<PathBuf>,
+    /// A volume named in the slave's volumes file (GEOREP_VOLUMES, default /etc/georep/volumes.toml).
+    #[arg(long)]
+    pub volume: Option<String>,
+}
+
+impl PlaceArgs {
+    fn place(&self) -> Place {
+        match (&self.root, &self.volume) {
+            (Some(r), _) => Place::Path(r.clone()),
+            (None, Some(v)) => Place::Volume(v.clone()),
+            (None, None) => unreachable!("clap requires one"),
+        }
+    }
 }
 
 #[derive(Args, Debug)]
 pub struct SyncArgs {
     /// Directory whose contents are replicated.
     pub source: PathBuf,
-    /// Replica: /path, file:///path (created if missing).
+    /// Replica: /path, file:///path, ssh://[user@]host[:port]/path,
+    /// [user@]host:/path or [user@]host::VOLUME (created if missing).
     pub target: String,
     /// Print one JSON summary on stdout at the end.
     #[arg(long)]
@@ -69,13 +115,53 @@ pub struct SyncArgs {
     /// Never draw a progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    #[command(flatten)]
+    pub ssh: SshArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SshArgs {
+    /// Private key for SSH targets (ed25519, ECDSA or RSA); default: the agent, then ~/.ssh/id_*.
+    #[arg(short, long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// Known hosts file checked for the slave's host key (default ~/.ssh/known_hosts).
+    #[arg(long, value_name = "FILE")]
+    pub known_hosts: Option<PathBuf>,
+    /// Record an unknown host key instead of refusing it (a changed key is still refused).
+    #[arg(long)]
+    pub accept_new_host_key: bool,
+    /// SSH port (overrides the target's).
+    #[arg(short, long)]
+    pub port: Option<u16>,
+    /// SSH user (overrides the target's).
+    #[arg(short, long)]
+    pub user: Option<String>,
+    /// Run this command instead of the built-in SSH client, e.g. "ssh -o ControlMaster=auto".
+    #[arg(short = 'e', long, value_name = "COMMAND")]
+    pub ssh_command: Option<String>,
+    /// The georep binary on the slave host (default: georep on its PATH).
+    #[arg(long, value_name = "PATH")]
+    pub remote_command: Option<String>,
+}
+
+impl From<SshArgs> for SshOptions {
+    fn from(a: SshArgs) -> SshOptions {
+        SshOptions {
+            identity: a.identity,
+            known_hosts: a.known_hosts,
+            accept_new_host_key: a.accept_new_host_key,
+            port: a.port,
+            user: a.user,
+            ssh_command: a.ssh_command,
+            remote_command: a.remote_command,
+        }
+    }
 }
 
 #[derive(Args, Debug)]
 pub struct SlaveArgs {
-    /// Directory the replica lives in; nothing outside it is ever touched.
-    #[arg(long)]
-    pub root: PathBuf,
+    #[command(flatten)]
+    pub place: PlaceArgs,
 }
 
 impl SyncArgs {
@@ -96,6 +182,7 @@ impl SyncArgs {
             verbose: self.verbose,
             json: self.json,
             progress: !self.no_progress,
+            ssh: self.ssh.into(),
         })
     }
 }
@@ -104,8 +191,23 @@ impl SyncArgs {
 pub fn run(cli: Cli) -> Exit {
     raise_fd_limit();
     match cli.command {
-        Command::Slave(a) => {
-            crate::agent::serve(&a.root, std::io::stdin().lock(), std::io::stdout().lock())
+        Command::Slave(a) => slave(&a),
+        Command::Keys(KeysCommand::Create(a)) => {
+            match crate::keys::create(&a.dir, &a.place.place(), a.remote_command.as_deref()) {
+                Ok(c) => {
+                    eprintln!(
+                        "georep: wrote {} and {}; install this line in the slave's authorized_keys:",
+                        c.private.display(),
+                        c.public.display()
+                    );
+                    println!("{}", c.authorized_line);
+                    Exit::Ok
+                }
+                Err(e) => {
+                    eprintln!("georep: {e}");
+                    Exit::Other
+                }
+            }
         }
         Command::Sync(a) => {
             let json = a.json;
@@ -145,6 +247,24 @@ pub fn run(cli: Cli) -> Exit {
             }
         }
     }
+}
+
+/// `georep slave`: resolve the root, honour a forced command, serve stdio.
+fn slave(a: &SlaveArgs) -> Exit {
+    let (request, root) = match a.place.place() {
+        Place::Path(p) => (Request::Root(p.to_string_lossy().into_owned()), Ok(p)),
+        Place::Volume(v) => (Request::Volume(v.clone()), volumes::resolve(&v)),
+    };
+    let root = match volumes::check_forced(&request).and(root) {
+        Ok(r) => r,
+        Err(e) => {
+            // Said in a Fatal frame too, so that the master shows the reason.
+            crate::agent::refuse(std::io::stdout().lock(), Exit::Target, &e);
+            eprintln!("georep slave: {e}");
+            return Exit::Target;
+        }
+    };
+    crate::agent::serve(&root, std::io::stdin().lock(), std::io::stdout().lock())
 }
 
 /// Deep trees hold one descriptor per level while they are removed.

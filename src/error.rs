@@ -24,6 +24,8 @@ pub enum Exit {
     Target = 4,
     /// Protocol failure: version mismatch, malformed stream, the peer died or refused.
     Protocol = 5,
+    /// The SSH connection or authentication failed, or the host key is not trusted.
+    Ssh = 6,
     /// Some entries failed; everything else was replicated.
     Partial = 23,
 }
@@ -36,6 +38,7 @@ impl Exit {
             3 => Exit::Source,
             4 => Exit::Target,
             5 => Exit::Protocol,
+            6 => Exit::Ssh,
             23 => Exit::Partial,
             _ => Exit::Other,
         }
@@ -53,6 +56,9 @@ pub enum Error {
     /// The slave reported a fatal error and stopped.
     #[error("slave: {message}")]
     Remote { code: u8, message: String },
+    /// Could not set up the SSH connection (refused, host key, authentication).
+    #[error("ssh: {message}")]
+    Ssh { message: String },
     /// The connection to the slave broke.
     #[error("connection to slave lost: {0}")]
     Disconnected(String),
@@ -77,6 +83,7 @@ impl Error {
             Error::Source { .. } => Exit::Source,
             Error::Target { .. } => Exit::Target,
             Error::Protocol(_) | Error::Disconnected(_) => Exit::Protocol,
+            Error::Ssh { .. } => Exit::Ssh,
             Error::Remote { code, .. } => match Exit::from_code(*code) {
                 Exit::Ok | Exit::Other | Exit::Partial | Exit::Usage => Exit::Protocol,
                 e => e,

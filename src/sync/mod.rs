@@ -29,7 +29,7 @@ use crate::exclude::Excluder;
 use crate::meta::{self, Entry, Kind, Meta, ScanOpts, XattrTarget};
 use crate::proto::{self, FsyncPolicy, Hello, Msg};
 use crate::target::Target;
-use crate::transport;
+use crate::transport::{self, SshOptions};
 use conn::{Conn, CONTROL};
 use report::{Reporter, Summary};
 use worker::{DataJob, JobOpts};
@@ -50,6 +50,7 @@ pub struct SyncOptions {
     pub verbose: bool,
     pub json: bool,
     pub progress: bool,
+    pub ssh: SshOptions,
 }
 
 /// Directory listings requested ahead of the walk.
@@ -59,7 +60,7 @@ const LOOKAHEAD: usize = 64;
 pub fn run(opts: &SyncOptions) -> Result<Summary> {
     let rep = Arc::new(Reporter::new(opts.verbose, opts.json, opts.progress));
     let source = open_source(opts)?;
-    let link = transport::for_target(&opts.target)?.connect()?;
+    let link = transport::for_target(&opts.target, &opts.ssh)?.connect()?;
     let conn = Conn::start(link, rep.clone());
     let outcome = Planner::new(opts, &conn, &rep, source).and_then(|mut p| p.run());
     let shared = conn.shared.clone();

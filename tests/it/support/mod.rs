@@ -8,9 +8,9 @@ pub mod fixture;
 pub mod fs;
 pub mod harness;
 pub mod process;
+pub mod sshd;
 pub mod tree;
 
-#[cfg(test)]
 mod selftest;
 
 pub use harness::{Stats, TestDir};
