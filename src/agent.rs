@@ -29,6 +29,8 @@ use crate::wire::{self, WireError};
 const MAX_OPEN_FILES: usize = 256;
 /// Listing chunk size, well under the frame limit.
 const LIST_CHUNK: usize = 1 << 20;
+/// Largest decompressed FileData payload.
+const MAX_DATA: usize = 4 << 20;
 /// Directory metadata held until Finish.
 const MAX_DIR_METAS: usize = 50_000_000;
 
@@ -238,6 +240,9 @@ impl<W: Write> Agent<W> {
     }
 
     fn handle(&mut self, msg: Msg) -> Step {
+        if self.master.is_none() && !matches!(msg, Msg::Hello(_)) {
+            return Err(fatal("message before hello"));
+        }
         match msg {
             Msg::Hello(h) => self.hello(h),
             Msg::ListDir {
@@ -275,8 +280,8 @@ impl<W: Write> Agent<W> {
             Msg::Link { path, target } => self.link(&path, &target),
             Msg::SetMeta { path, kind, meta } => self.set_meta(&path, kind, &meta),
             Msg::DirMeta { path, meta } => {
-                confine::components(&path).map_err(PathError::from)?;
-                self.root()?;
+                // Resolved now, so a path through a symlink is refused at once.
+                self.root()?.open_dir(&path)?;
                 if self.dir_metas.len() >= MAX_DIR_METAS {
                     return Err(fatal("too many directory updates"));
                 }
@@ -295,8 +300,24 @@ impl<W: Write> Agent<W> {
                 size,
                 delta,
             } => self.file_begin(id, path, size, delta),
-            Msg::FileData { id, offset, data } => self.file_data(id, offset, &data),
-            Msg::FileDelta { id, len, delta } => self.file_delta(id, len as usize, &delta),
+            Msg::FileData {
+                id,
+                offset,
+                data,
+                zstd,
+            } => {
+                let data = self.inflate(data, zstd, MAX_DATA)?;
+                self.file_data(id, offset, &data)
+            }
+            Msg::FileDelta {
+                id,
+                len,
+                delta,
+                zstd,
+            } => {
+                let delta = self.inflate(delta, zstd, delta::MAX_WINDOW * 2)?;
+                self.file_delta(id, len as usize, &delta)
+            }
             Msg::FileEnd { id, hash, meta } => self.file_end(id, hash, &meta),
             Msg::FileAbort { id } => {
                 if let Some(f) = self.incoming.remove(&id) {
@@ -575,6 +596,9 @@ impl<W: Write> Agent<W> {
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::from_raw_mode(0o600),
         );
+        // Sizing the temporary up front refuses sizes the filesystem cannot
+        // hold (EFBIG) before any work is done for them.
+        let created = created.and_then(|fd| rustix::fs::ftruncate(&fd, size).map(|_| fd));
         let (file, err) = match created {
             Ok(fd) => (Some(File::from(fd)), None),
             Err(e) => (None, Some(e)),
@@ -596,6 +620,21 @@ impl<W: Write> Agent<W> {
             Some(e) => Err(op_err(&path, e)),
             None => Ok(()),
         }
+    }
+
+    /// Decompresses a payload, refusing output over `limit` (a zstd bomb).
+    fn inflate(&self, data: Vec<u8>, zstd: bool, limit: usize) -> Result<Vec<u8>, Failure> {
+        if !zstd {
+            return Ok(data);
+        }
+        if self
+            .master
+            .as_ref()
+            .is_none_or(|h| h.features & proto::feature::ZSTD == 0)
+        {
+            return Err(fatal("compressed data without the zstd feature"));
+        }
+        zstd::bulk::decompress(&data, limit).map_err(|e| fatal(format!("bad compressed data: {e}")))
     }
 
     fn incoming(&mut self, id: u64) -> Result<&mut Incoming, Failure> {

@@ -115,6 +115,9 @@ pub struct SyncArgs {
     /// Never draw a progress bar.
     #[arg(long)]
     pub no_progress: bool,
+    /// Compress literal data with zstd on the wire (worth it on slow links).
+    #[arg(short = 'z', long)]
+    pub compress: bool,
     #[command(flatten)]
     pub ssh: SshArgs,
 }
@@ -182,6 +185,7 @@ impl SyncArgs {
             verbose: self.verbose,
             json: self.json,
             progress: !self.no_progress,
+            compress: self.compress,
             ssh: self.ssh.into(),
         })
     }

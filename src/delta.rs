@@ -13,8 +13,8 @@ use fast_rsync::{Signature, SignatureOptions};
 
 /// Size of a signature header: magic, block size, hash length.
 pub const SIG_HEADER: usize = 12;
-/// Bytes of MD4 kept per block; BLAKE3 over the whole file catches collisions.
-pub const HASH_LEN: u32 = 8;
+/// Fewest bytes of MD4 kept per block (the slave accepts 4..=16).
+pub const MIN_HASH_LEN: u32 = 4;
 pub const MIN_BLOCK: u32 = 512;
 pub const MAX_BLOCK: u32 = 128 << 10;
 /// Bytes of new data diffed (and of output produced) per delta message.
@@ -26,6 +26,14 @@ pub const MAX_WINDOW: usize = 8 << 20;
 pub fn block_size_for(len: u64) -> u32 {
     let b = ((len as f64).sqrt() as u64) & !7;
     b.clamp(MIN_BLOCK as u64, MAX_BLOCK as u64) as u32
+}
+
+/// Bytes of MD4 kept per block: rsync's sizing (about 10 + 2·log2(len) −
+/// log2(block) bits, less the 32 of the rolling sum), but never under 4.
+/// A false block match costs only a resend: the BLAKE3 check catches it.
+pub fn hash_len_for(len: u64, block: u32) -> u32 {
+    let bits = 10 + 2 * len.max(1).ilog2() as i64 - block.max(1).ilog2() as i64;
+    (((bits + 1 - 32 + 7) / 8) as u32).clamp(MIN_HASH_LEN, 16)
 }
 
 /// The window used for a given block size: block-aligned so that unchanged
@@ -152,7 +160,10 @@ mod tests {
         std::os::unix::fs::FileExt::write_all_at(&f, &data, 0).unwrap();
         let block = 4096;
         let mut chunked = Vec::new();
-        sign_file(f.as_fd(), data.len() as u64, block, HASH_LEN, |b| {
+        let hash_len = hash_len_for(data.len() as u64, block);
+        assert_eq!(hash_len, MIN_HASH_LEN);
+        assert_eq!(hash_len_for(1 << 40, MAX_BLOCK), 6);
+        sign_file(f.as_fd(), data.len() as u64, block, hash_len, |b| {
             chunked.extend_from_slice(b);
             Ok(())
         })
@@ -161,13 +172,13 @@ mod tests {
             &data,
             SignatureOptions {
                 block_size: block,
-                crypto_hash_size: HASH_LEN,
+                crypto_hash_size: hash_len,
             },
         );
         assert_eq!(chunked, whole.serialized());
         assert_eq!(
             chunked.len() as u64,
-            signature_len(data.len() as u64, block, HASH_LEN)
+            signature_len(data.len() as u64, block, hash_len)
         );
 
         let mut new = data.clone();

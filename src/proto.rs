@@ -16,8 +16,10 @@ pub const MAGIC: &[u8; 8] = b"GEOREP\0\x01";
 pub mod feature {
     pub const XATTRS: u64 = 1 << 0;
     pub const CHECKSUM: u64 = 1 << 1;
+    /// FileData and FileDelta payloads may be zstd-compressed.
+    pub const ZSTD: u64 = 1 << 2;
 }
-pub const FEATURES: u64 = feature::XATTRS | feature::CHECKSUM;
+pub const FEATURES: u64 = feature::XATTRS | feature::CHECKSUM | feature::ZSTD;
 
 /// When the slave makes data durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -129,12 +131,16 @@ pub enum Msg {
         id: u64,
         offset: u64,
         data: Vec<u8>,
+        /// `data` is zstd-compressed.
+        zstd: bool,
     },
     /// One window of a delta: applied against the whole basis, produces `len` bytes.
     FileDelta {
         id: u64,
         len: u32,
         delta: Vec<u8>,
+        /// `delta` is zstd-compressed.
+        zstd: bool,
     },
     FileEnd {
         id: u64,
@@ -333,14 +339,24 @@ impl Msg {
                 e.u64(*id).bytes(path).u64(*size).bool(*delta);
                 e
             }
-            Msg::FileData { id, offset, data } => {
+            Msg::FileData {
+                id,
+                offset,
+                data,
+                zstd,
+            } => {
                 let mut e = Enc::new(k::FILE_DATA);
-                e.u64(*id).u64(*offset).bytes(data);
+                e.u64(*id).u64(*offset).bool(*zstd).bytes(data);
                 e
             }
-            Msg::FileDelta { id, len, delta } => {
+            Msg::FileDelta {
+                id,
+                len,
+                delta,
+                zstd,
+            } => {
                 let mut e = Enc::new(k::FILE_DELTA);
-                e.u64(*id).u32(*len).bytes(delta);
+                e.u64(*id).u32(*len).bool(*zstd).bytes(delta);
                 e
             }
             Msg::FileEnd { id, hash, meta } => {
@@ -491,11 +507,13 @@ impl Msg {
             k::FILE_DATA => Msg::FileData {
                 id: d.u64()?,
                 offset: d.u64()?,
+                zstd: d.bool()?,
                 data: d.bytes()?.to_vec(),
             },
             k::FILE_DELTA => Msg::FileDelta {
                 id: d.u64()?,
                 len: d.u32()?,
+                zstd: d.bool()?,
                 delta: d.bytes()?.to_vec(),
             },
             k::FILE_END => Msg::FileEnd {

@@ -50,6 +50,8 @@ pub struct SyncOptions {
     pub verbose: bool,
     pub json: bool,
     pub progress: bool,
+    /// zstd-compress literal data on the wire.
+    pub compress: bool,
     pub ssh: SshOptions,
 }
 
@@ -65,10 +67,17 @@ pub fn run(opts: &SyncOptions) -> Result<Summary> {
     let outcome = Planner::new(opts, &conn, &rep, source).and_then(|mut p| p.run());
     let shared = conn.shared.clone();
     let closed = conn.close();
-    outcome?;
-    // A slave that acknowledged everything but then failed to exit cleanly is
-    // still an error worth reporting.
-    closed?;
+    match (outcome, closed) {
+        (Ok(()), closed) => closed?,
+        // A lost connection is best explained by how the slave (or ssh) ended.
+        (Err(Error::Disconnected(m)), Err(e)) => {
+            return Err(match e {
+                Error::Ssh { .. } => e,
+                e => Error::Disconnected(format!("{m}; {e}")),
+            })
+        }
+        (Err(e), _) => return Err(e),
+    }
     Ok(rep.summary(
         shared.bytes_sent.load(Relaxed),
         shared.bytes_received.load(Relaxed),
@@ -157,6 +166,7 @@ impl<'a> Planner<'a> {
             job_opts: JobOpts {
                 xattrs,
                 privileged_xattrs: hello.privileged,
+                compress: opts.compress && hello.features & proto::feature::ZSTD != 0,
             },
             in_flight: 0,
         })

@@ -35,6 +35,20 @@ pub struct DataJob {
 pub struct JobOpts {
     pub xattrs: bool,
     pub privileged_xattrs: bool,
+    /// zstd-compress literal data on the wire.
+    pub compress: bool,
+}
+
+/// Compresses a payload when asked and when it actually gets smaller.
+fn pack(data: Vec<u8>, compress: bool) -> (Vec<u8>, bool) {
+    if compress {
+        if let Ok(z) = zstd::bulk::compress(&data, 1) {
+            if z.len() < data.len() {
+                return (z, true);
+            }
+        }
+    }
+    (data, false)
 }
 
 /// What one attempt found.
@@ -145,8 +159,8 @@ fn attempt(conn: &Conn, job: &DataJob, o: JobOpts, rep: &Reporter) -> Result<Out
     })?;
     let mut hasher = blake3::Hasher::new();
     let read = match &signature {
-        Some(sig) => send_delta(conn, id, fd.as_fd(), size, sig, &mut hasher, rep),
-        None => send_whole(conn, id, fd.as_fd(), size, &mut hasher, rep),
+        Some(sig) => send_delta(conn, id, fd.as_fd(), size, sig, &mut hasher, rep, o),
+        None => send_whole(conn, id, fd.as_fd(), size, &mut hasher, rep, o),
     };
     let after = rustix::fs::fstat(&fd);
     let torn = match (&read, &after) {
@@ -186,17 +200,18 @@ fn attempt(conn: &Conn, job: &DataJob, o: JobOpts, rep: &Reporter) -> Result<Out
 /// Asks the slave for its version's signature; None falls back to a whole transfer.
 fn fetch_signature(conn: &Conn, id: u64, rel: &[u8], basis: u64) -> Result<Option<Signature>> {
     let block = delta::block_size_for(basis);
+    let hash_len = delta::hash_len_for(basis, block);
     let rx = conn.request(
         id,
         &Msg::SigReq {
             id,
             path: rel.to_vec(),
             block_size: block,
-            hash_len: delta::HASH_LEN,
+            hash_len,
         },
     )?;
     // The basis may have grown since it was listed; still refuse absurd sizes.
-    let cap = delta::signature_len(basis.max(1 << 30) * 4, block, delta::HASH_LEN);
+    let cap = delta::signature_len(basis.max(1 << 30) * 4, block, hash_len);
     let mut bytes = Vec::new();
     loop {
         match conn.wait(&rx)? {
@@ -225,6 +240,7 @@ fn send_delta(
     sig: &Signature,
     hasher: &mut blake3::Hasher,
     rep: &Reporter,
+    o: JobOpts,
 ) -> Result<(), JobError> {
     let index = sig.index();
     let block = u32::from_be_bytes(sig.serialized()[4..8].try_into().unwrap());
@@ -241,10 +257,12 @@ fn send_delta(
         let (lit, copied) = delta::delta_stats(&d);
         rep.counters.bytes_literal.fetch_add(lit, Relaxed);
         rep.counters.bytes_matched.fetch_add(copied, Relaxed);
+        let (delta, zstd) = pack(d, o.compress);
         conn.send(&Msg::FileDelta {
             id,
             len: n as u32,
-            delta: d,
+            delta,
+            zstd,
         })?;
         rep.progressed(n as u64);
         off += n as u64;
@@ -259,6 +277,7 @@ fn send_whole(
     size: u64,
     hasher: &mut blake3::Hasher,
     rep: &Reporter,
+    o: JobOpts,
 ) -> Result<(), JobError> {
     let mut off = 0u64;
     let mut buf = vec![0u8; CHUNK.min(size as usize)];
@@ -282,10 +301,12 @@ fn send_whole(
             read_exact_at(fd, &mut buf[..n], p)?;
             hasher.update(&buf[..n]);
             rep.counters.bytes_literal.fetch_add(n as u64, Relaxed);
+            let (data, zstd) = pack(buf[..n].to_vec(), o.compress);
             conn.send(&Msg::FileData {
                 id,
                 offset: p,
-                data: buf[..n].to_vec(),
+                data,
+                zstd,
             })?;
             rep.progressed(n as u64);
             p += n as u64;

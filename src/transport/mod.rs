@@ -44,6 +44,8 @@ pub struct ChildProcess {
     pub args: Vec<String>,
     /// Extra argument given as an OS string (a local root path need not be UTF-8).
     pub last: Option<std::ffi::OsString>,
+    /// The program is an SSH client: its exit status 255 means the connection failed.
+    pub is_ssh: bool,
 }
 
 impl Transport for ChildProcess {
@@ -62,14 +64,17 @@ impl Transport for ChildProcess {
         let reader = Box::new(child.stdout.take().expect("piped"));
         let writer = Box::new(child.stdin.take().expect("piped"));
         let name = self.program.display().to_string();
+        let is_ssh = self.is_ssh;
         let ending = Box::new(move || {
             let status = child
                 .wait()
                 .map_err(|e| Error::io("waiting for the slave", e))?;
-            if status.success() {
-                Ok(())
-            } else {
-                Err(Error::Disconnected(format!("{name} exited with {status}")))
+            match status.code() {
+                Some(0) => Ok(()),
+                Some(255) if is_ssh => Err(Error::Ssh {
+                    message: format!("{name} failed to connect or authenticate (exit status 255)"),
+                }),
+                _ => Err(Error::Disconnected(format!("{name} exited with {status}"))),
             }
         });
         Ok(Link {
@@ -100,6 +105,7 @@ pub fn for_target(target: &Target, ssh: &SshOptions) -> Result<Box<dyn Transport
                 .map_err(|e| Error::io("locating the georep binary", e))?,
             args: vec!["slave".into(), "--root".into()],
             last: Some(root.clone().into_os_string()),
+            is_ssh: false,
         })),
         Target::Ssh {
             user,
@@ -132,6 +138,7 @@ pub fn for_target(target: &Target, ssh: &SshOptions) -> Result<Box<dyn Transport
                         program,
                         args: words,
                         last: None,
+                        is_ssh: true,
                     }))
                 }
                 None => Ok(Box::new(ssh::Russh {

@@ -130,7 +130,26 @@ fn known_hosts_default() -> Result<PathBuf> {
         .ok_or_else(|| ssh_err("no HOME to find known_hosts; pass --known-hosts"))
 }
 
-fn config() -> client::Config {
+/// Host key algorithms with those already known for this host first (as
+/// OpenSSH does), so a host listed only with its ECDSA key is not mistaken
+/// for one whose key changed when it also offers ed25519.
+fn host_key_order(v: &Verifier) -> Vec<russh::keys::Algorithm> {
+    let known: Vec<_> =
+        russh::keys::known_hosts::known_host_keys_path(&v.host, v.port, &v.known_hosts)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(_, k)| k.algorithm())
+            .collect();
+    let mut order = known.clone();
+    for a in Preferred::default().key.iter() {
+        if !order.contains(a) {
+            order.push(a.clone());
+        }
+    }
+    order
+}
+
+fn config(host_keys: Vec<russh::keys::Algorithm>) -> client::Config {
     client::Config {
         // AES-GCM first: with AES-NI it is the fastest AEAD here.
         preferred: Preferred {
@@ -139,6 +158,7 @@ fn config() -> client::Config {
                 russh::cipher::AES_256_GCM,
                 russh::cipher::CHACHA20_POLY1305,
             ]),
+            key: Cow::Owned(host_keys),
             ..Default::default()
         },
         keepalive_interval: Some(Duration::from_secs(15)),
@@ -169,8 +189,9 @@ impl Transport for Russh {
             refusal: refusal.clone(),
         };
         let addr = (self.host.clone(), self.port);
+        let config = Arc::new(config(host_key_order(&verifier)));
         let handle = rt.block_on(async {
-            match client::connect(Arc::new(config()), addr, verifier).await {
+            match client::connect(config, addr, verifier).await {
                 Ok(h) => Ok(h),
                 Err(e) => Err(match refusal.lock().unwrap().take() {
                     Some(why) => ssh_err(why),
@@ -194,13 +215,19 @@ impl Transport for Russh {
         // Slave → us: data to the reader; stderr forwarded; exit status kept.
         let pump_in = rt.spawn(async move {
             let mut status = None;
+            let mut in_tx = Some(in_tx);
             while let Some(msg) = read_half.wait().await {
                 match msg {
                     ChannelMsg::Data { data } => {
-                        if in_tx.send(data.to_vec()).await.is_err() {
-                            break;
+                        let Some(tx) = &in_tx else { continue };
+                        if tx.send(data.to_vec()).await.is_err() {
+                            // Our reader is gone; keep draining for the exit status.
+                            in_tx = None;
                         }
                     }
+                    // End of the slave's output: the reader sees EOF now, not at Close.
+                    ChannelMsg::Eof => in_tx = None,
+                    ChannelMsg::Close => break,
                     ChannelMsg::ExtendedData { data, .. } => {
                         let mut e = io::stderr().lock();
                         let _ = e.write_all(&data);
