@@ -343,6 +343,7 @@ fn whole_file(id: u64, path: &[u8], data: &[u8]) -> Vec<Msg> {
             id,
             offset: 0,
             data: data.to_vec(),
+            zstd: false,
         },
         Msg::FileEnd {
             id,
@@ -1059,6 +1060,7 @@ fn truncated_frame_is_refused() {
                     id: 1,
                     offset: 0,
                     data: vec![1; 1000],
+                    zstd: false,
                 }
                 .encode(),
             )
@@ -1142,7 +1144,7 @@ fn count_larger_than_its_frame_is_refused() {
         }),
         case("file-data of 2^32-1 bytes holding 4", |_| {
             let mut e = Enc::new(16); // FileData
-            e.u64(1).u64(0).u32(u32::MAX).raw(b"data");
+            e.u64(1).u64(0).bool(false).u32(u32::MAX).raw(b"data");
             Script::hello()
                 .msg(Msg::FileBegin {
                     id: 1,
@@ -1327,7 +1329,12 @@ fn delta_session(size: u64, len: u32, delta: Vec<u8>) -> Vec<Msg> {
             size,
             delta: true,
         },
-        Msg::FileDelta { id: 1, len, delta },
+        Msg::FileDelta {
+            id: 1,
+            len,
+            delta,
+            zstd: false,
+        },
         Msg::FileEnd {
             id: 1,
             hash: [0; 32],
@@ -1429,6 +1436,7 @@ fn delta_without_a_signature_is_refused() {
                     id: 7,
                     len: 16,
                     delta: d(),
+                    zstd: false,
                 },
             ]
         }),
@@ -1466,6 +1474,7 @@ fn delta_without_a_signature_is_refused() {
                     id: 1,
                     len: 16,
                     delta: d(),
+                    zstd: false,
                 },
             ]
         }),
@@ -1482,6 +1491,7 @@ fn delta_without_a_signature_is_refused() {
                     id: 1,
                     offset: 0,
                     data: vec![1; 16],
+                    zstd: false,
                 },
             ]
         }),
@@ -1492,6 +1502,7 @@ fn delta_without_a_signature_is_refused() {
                     id: 1,
                     len: 16,
                     delta: d(),
+                    zstd: false,
                 },
             ]
         }),
@@ -1510,6 +1521,7 @@ fn file_data_past_the_declared_size_is_refused() {
         id: 1,
         offset,
         data: vec![0xaa; len],
+        zstd: false,
     };
     all_refused(vec![
         after_hello("20 bytes into a 10-byte file", move |_| {
@@ -1539,6 +1551,7 @@ fn file_data_out_of_order_is_refused() {
         id: 1,
         offset,
         data: vec![0xaa; len],
+        zstd: false,
     };
     let b = begin.clone();
     all_refused(vec![
@@ -1559,6 +1572,7 @@ fn data_for_an_unknown_file_is_refused() {
                 id: 9,
                 offset: 0,
                 data: b"x".to_vec(),
+                zstd: false,
             }]
         }),
         after_hello("file-end without file-begin", |_| {
@@ -1581,6 +1595,7 @@ fn data_for_an_unknown_file_is_refused() {
                     id: 1,
                     offset: 0,
                     data: b"x".to_vec(),
+                    zstd: false,
                 },
             ]
         }),
@@ -1704,6 +1719,7 @@ fn delta_rebuild_of_a_huge_sparse_file_has_bounded_memory() {
             id: 1,
             len: WINDOW as u32,
             delta: delta(&[&copy(from, WINDOW), END]),
+            zstd: false,
         });
     }
     let mut h = blake3::Hasher::new();
@@ -1920,6 +1936,7 @@ fn whole_file_with_a_wrong_hash_is_not_installed() {
                         id: 1,
                         offset: 0,
                         data: b"new!\n".to_vec(),
+                        zstd: false,
                     },
                     Msg::FileEnd {
                         id: 1,
@@ -1978,6 +1995,7 @@ fn delta_update(label: &str, wrong_hash: bool) -> (Fixture, SlaveRun, Vec<u8>) {
             id: 1,
             len: new.len() as u32,
             delta: d,
+            zstd: false,
         },
         Msg::FileEnd {
             id: 1,
@@ -2041,6 +2059,7 @@ fn stream_end_mid_file_leaves_no_temporary() {
             id: 1,
             offset: 0,
             data: random_bytes(3, 50_000),
+            zstd: false,
         },
         sig_req(2, b"file", 512, 8),
         Msg::FileBegin {

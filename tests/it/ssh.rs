@@ -216,14 +216,69 @@ fn wait_output(child: Child, limit: Duration, what: &str) -> Output {
     match rx.recv_timeout(limit) {
         Ok(out) => out.expect("wait for georep"),
         Err(_) => {
+            let threads = group_threads(pgid);
             kill_group(pgid);
             let out = rx.recv().expect("waiter").expect("wait for georep");
             panic!(
-                "{what}: georep still running after {limit:?}\nstderr:\n{}",
+                "{what}: georep still running after {limit:?}\n\
+                 threads of its process group (pid tid state wchan comm):\n{threads}\n\
+                 stderr:\n{}",
                 String::from_utf8_lossy(&out.stderr)
             );
         }
     }
+}
+
+/// For a hang report: every thread of the processes of group `pgid`, with its state
+/// and the kernel function it waits in.
+fn group_threads(pgid: u32) -> String {
+    let mut out = String::new();
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return out;
+    };
+    for proc in procs.flatten() {
+        let Some(pid) = proc
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r.split_whitespace().collect())
+            .unwrap_or_default();
+        if fields.get(2) != Some(&pgid.to_string().as_str()) {
+            continue;
+        }
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        out.push_str(&format!("{pid}: {cmdline}\n"));
+        let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let dir = task.path();
+            let read = |name: &str| {
+                fs::read_to_string(dir.join(name))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned()
+            };
+            let state = read("stat")
+                .rsplit_once(')')
+                .map(|(_, r)| r.trim().chars().next().unwrap_or('?'))
+                .unwrap_or('?');
+            out.push_str(&format!(
+                "  {pid} {} {state} {} {}\n",
+                task.file_name().to_string_lossy(),
+                read("wchan"),
+                read("comm")
+            ));
+        }
+    }
+    out
 }
 
 /// An executable script at `path`.
@@ -319,8 +374,11 @@ georep_test!(
         let kh = sshd.known_hosts();
         let key = sshd.user_key(KeyKind::Ed25519);
         // Every session sees GEOREP_VOLUMES, the fixture's own volumes file.
-        let out = ssh_run(&sshd, &key, &kh, "echo \"$GEOREP_VOLUMES\"");
-        assert_eq!(assert_ssh_ok(&out, &sshd).trim(), p(&sshd.volumes_file()));
+        let out = ssh_run(&sshd, &key, &kh, "echo \"$GEOREP_VOLUMES $HOME\"");
+        assert_eq!(
+            assert_ssh_ok(&out, &sshd).trim(),
+            format!("{} {}", p(&sshd.volumes_file()), p(&sshd.home()))
+        );
 
         // A forced command runs instead of the requested one, which it finds in
         // SSH_ORIGINAL_COMMAND.
@@ -550,41 +608,36 @@ georep_test!(ssh_known_hosts_with_only_the_ecdsa_key, |t: TestDir| {
     assert_converged(&t.src, &t.dst);
 });
 
+/// Writes the known_hosts file of a refusal case: "empty", "missing" or "wrong".
+fn prepare_known_hosts(sshd: &Sshd, kh: &Path, which: &str) {
+    match which {
+        "empty" => write_file(kh, b""),
+        "missing" => {
+            let _ = fs::remove_file(kh);
+        }
+        "wrong" => sshd.write_known_hosts(kh, KnownHosts::Wrong),
+        _ => unreachable!(),
+    }
+}
+
 georep_test!(ssh_unknown_or_changed_host_key_is_refused, |t: TestDir| {
     let sshd = Sshd::start(&t.root);
     let kh = t.path("known_hosts");
     build_full_tree(&t.src);
-    for (which, transport) in [
-        ("empty", "russh"),
-        ("missing", "russh"),
-        ("wrong", "russh"),
-        ("empty", "ssh"),
-        ("wrong", "ssh"),
-    ] {
-        match which {
-            "empty" => write_file(&kh, b""),
-            "missing" => {
-                let _ = fs::remove_file(&kh);
-            }
-            _ => sshd.write_known_hosts(&kh, KnownHosts::Wrong),
-        }
+    let opts = russh_opts(&sshd, KeyKind::Ed25519, &kh);
+    for which in ["empty", "missing", "wrong"] {
+        prepare_known_hosts(&sshd, &kh, which);
         let before = fs::read(&kh).ok();
-        let opts = match transport {
-            "russh" => russh_opts(&sshd, KeyKind::Ed25519, &kh),
-            _ => ssh_command_opts(sshd.ssh_command_with(&sshd.user_key(KeyKind::Ed25519), &kh)),
-        };
         let run = sync_to(&t, &opts, &sshd.url(&t.dst));
-        eprintln!("{which} known_hosts, {transport}: {}", run.stderr.trim());
+        eprintln!("{which} known_hosts: {}", run.stderr.trim());
         assert_fails(&run, EXIT_SSH, &sshd);
-        if transport == "russh" {
-            assert!(run.stderr.contains("SHA256:"), "{run}");
-            assert_names_fingerprint(&run, &sshd);
-        }
+        assert!(run.stderr.contains("SHA256:"), "{run}");
+        assert_names_fingerprint(&run, &sshd);
         assert_absent(&t.dst);
         assert_eq!(
             fs::read(&kh).ok(),
             before,
-            "known_hosts changed without the flag"
+            "known_hosts changed without --accept-new-host-key"
         );
     }
 });
@@ -602,8 +655,34 @@ georep_test!(ssh_unauthorized_key_is_refused, |t: TestDir| {
     );
     assert_fails(&run, EXIT_SSH, &sshd);
     assert_absent(&t.dst);
+});
+
+georep_test!(ssh_command_transport_refusals_exit_6, |t: TestDir| {
+    // The external ssh exits 255 before the protocol starts when it refuses the host
+    // key or cannot authenticate: that is exit code 6 too, not a protocol failure.
+    let sshd = Sshd::start(&t.root);
+    let kh = t.path("known_hosts");
+    let key = sshd.user_key(KeyKind::Ed25519);
+    build_full_tree(&t.src);
+    for which in ["empty", "wrong"] {
+        prepare_known_hosts(&sshd, &kh, which);
+        let run = sync_to(
+            &t,
+            &ssh_command_opts(sshd.ssh_command_with(&key, &kh)),
+            &sshd.url(&t.dst),
+        );
+        eprintln!("{which} known_hosts: {}", run.stderr.trim());
+        assert_fails(&run, EXIT_SSH, &sshd);
+        assert!(
+            run.stderr.contains("Host key verification failed"),
+            "ssh's own message must reach the user\n{run}"
+        );
+        assert_absent(&t.dst);
+    }
+    sshd.set_authorized_keys(&[sshd.user_public_key(KeyKind::Ecdsa)]);
     let run = sync_to(&t, &ssh_command_opts(sshd.ssh_command()), &sshd.url(&t.dst));
     assert_fails(&run, EXIT_SSH, &sshd);
+    assert!(run.stderr.contains("Permission denied"), "{run}");
     assert_absent(&t.dst);
 });
 
@@ -839,7 +918,7 @@ georep_test!(
             let child = spawn(&mut t.sync_command(&args, &t.src, sshd.url(&t.dst)));
             thread::sleep(Duration::from_millis(delay_ms));
             sshd.kill();
-            let out = wait_output(child, Duration::from_secs(120), "after sshd was killed");
+            let out = wait_output(child, Duration::from_secs(60), "after sshd was killed");
             let run = SyncRun {
                 command: "sync (sshd killed)".into(),
                 code: out.status.code(),
@@ -904,19 +983,27 @@ georep_test!(
 
 // ---- 9: the remote side's errors reach the user
 
-georep_test!(ssh_remote_command_failures_are_reported, |t: TestDir| {
+/// The options of `base` with another `--remote-command`.
+fn with_remote(base: &[String], cmd: &str) -> Vec<String> {
+    let mut o = base.to_vec();
+    let i = o.iter().position(|a| a == "--remote-command").unwrap();
+    o[i + 1] = cmd.to_owned();
+    o
+}
+
+/// Panics unless `run` failed cleanly (non-zero, no panic) and created nothing.
+fn assert_failed_cleanly(run: &SyncRun, dst: &Path) {
+    eprintln!("{}", run.stderr.trim());
+    assert!(run.code.is_some_and(|c| c != 0), "{run}");
+    assert_no_panic(run);
+    assert_absent(dst);
+}
+
+georep_test!(ssh_remote_stderr_reaches_the_user, |t: TestDir| {
     let sshd = Sshd::start(&t.root);
     let kh = t.path("known_hosts");
     sshd.write_known_hosts(&kh, KnownHosts::Plain);
     build_full_tree(&t.src);
-    let base = russh_opts(&sshd, KeyKind::Ed25519, &kh);
-    let remote = |opts: &[String], cmd: &str| -> Vec<String> {
-        let mut o = opts.to_vec();
-        let i = o.iter().position(|a| a == "--remote-command").unwrap();
-        o[i + 1] = cmd.to_owned();
-        o
-    };
-
     // A remote program that complains and exits 42.
     let fake = t.path("fake-georep");
     script(
@@ -924,41 +1011,57 @@ georep_test!(ssh_remote_command_failures_are_reported, |t: TestDir| {
         "#!/bin/sh\necho \"fake slave says no to: $*\" >&2\nexit 42\n",
     );
     for opts in [
-        remote(&base, &p(&fake)),
-        remote(&ssh_command_opts(sshd.ssh_command()), &p(&fake)),
+        russh_opts(&sshd, KeyKind::Ed25519, &kh),
+        ssh_command_opts(sshd.ssh_command()),
     ] {
-        let run = sync_to(&t, &opts, &sshd.url(&t.dst));
-        eprintln!("{}", run.stderr.trim());
-        assert!(run.code.is_some_and(|c| c != 0), "{run}");
-        assert_no_panic(&run);
+        let run = sync_to(&t, &with_remote(&opts, &p(&fake)), &sshd.url(&t.dst));
+        assert_failed_cleanly(&run, &t.dst);
         assert!(
             run.stderr.contains("fake slave says no to: slave --root"),
             "the remote's stderr must reach the user\n{run}"
         );
-        assert_absent(&t.dst);
     }
+});
 
-    // /bin/false says nothing: the exit status is all there is.
-    let run = sync_to(&t, &remote(&base, "/bin/false"), &sshd.url(&t.dst));
-    eprintln!("{}", run.stderr.trim());
-    assert!(run.code.is_some_and(|c| c != 0), "{run}");
-    assert_no_panic(&run);
-    assert!(
-        run.stderr.contains("status 1")
-            || run.stderr.contains("exit 1")
-            || run.stderr.contains("code 1")
-            || run.stderr.contains("exited with 1"),
-        "the remote exit status should be reported\n{run}"
-    );
+georep_test!(ssh_remote_exit_status_is_reported, |t: TestDir| {
+    // /bin/false says nothing: its exit status is all the user can be told.
+    let sshd = Sshd::start(&t.root);
+    let kh = t.path("known_hosts");
+    sshd.write_known_hosts(&kh, KnownHosts::Plain);
+    build_full_tree(&t.src);
+    for opts in [
+        russh_opts(&sshd, KeyKind::Ed25519, &kh),
+        ssh_command_opts(sshd.ssh_command()),
+    ] {
+        let run = sync_to(&t, &with_remote(&opts, "/bin/false"), &sshd.url(&t.dst));
+        assert_failed_cleanly(&run, &t.dst);
+        assert!(
+            ["status 1", "exit 1", "code 1", "exited with 1"]
+                .iter()
+                .any(|s| run.stderr.replace("status: ", "status ").contains(s)),
+            "the remote exit status (1) should be reported\n{run}"
+        );
+    }
+});
 
-    // A remote program that does not exist.
-    let run = sync_to(&t, &remote(&base, "/nonexistent/georep"), &sshd.url(&t.dst));
-    eprintln!("{}", run.stderr.trim());
-    assert!(run.code.is_some_and(|c| c != 0), "{run}");
-    assert_no_panic(&run);
-    assert!(
-        run.stderr.contains("/nonexistent/georep") || run.stderr.contains("127"),
-        "the remote shell's complaint or status 127 should be reported\n{run}"
-    );
-    assert_absent(&t.dst);
+georep_test!(ssh_missing_remote_command_is_reported, |t: TestDir| {
+    let sshd = Sshd::start(&t.root);
+    let kh = t.path("known_hosts");
+    sshd.write_known_hosts(&kh, KnownHosts::Plain);
+    build_full_tree(&t.src);
+    for opts in [
+        russh_opts(&sshd, KeyKind::Ed25519, &kh),
+        ssh_command_opts(sshd.ssh_command()),
+    ] {
+        let run = sync_to(
+            &t,
+            &with_remote(&opts, "/nonexistent/georep"),
+            &sshd.url(&t.dst),
+        );
+        assert_failed_cleanly(&run, &t.dst);
+        assert!(
+            run.stderr.contains("/nonexistent/georep") && run.stderr.contains("No such file"),
+            "the remote shell's complaint should be reported\n{run}"
+        );
+    }
 });

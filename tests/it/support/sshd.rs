@@ -11,10 +11,13 @@
 //!   authorized_keys                              AuthorizedKeysFile (absolute)
 //!   known_hosts                                  the right keys, plain
 //!   volumes.toml                                 GEOREP_VOLUMES of every session
+//!   home/                                        HOME of every session, empty
 //! ```
 //!
 //! Every session gets `GEOREP_VOLUMES=DIR/sshd/volumes.toml` through sshd's `SetEnv`,
-//! so `georep slave --volume NAME` never reads the system's /etc/georep/volumes.toml.
+//! so `georep slave --volume NAME` never reads the system's /etc/georep/volumes.toml,
+//! and `HOME=DIR/sshd/home`, an empty directory, so that the login shell reads none
+//! of the user's rc files (Debian's bash sources ~/.bashrc for ssh commands).
 //!
 //! [`Sshd::kill`] (and drop) SIGKILLs the daemon and everything below it: the
 //! per-connection sshd processes (they call setsid, so a process group would not
@@ -100,6 +103,7 @@ impl Sshd {
             sshd.user_public_key(KeyKind::Ecdsa),
         ]);
         write(&sshd.volumes_file(), "[volumes]\n");
+        fs::create_dir(sshd.home()).unwrap_or_else(|e| panic!("mkdir home: {e}"));
         sshd.launch(None);
         sshd
     }
@@ -187,6 +191,13 @@ impl Sshd {
     /// applies to the next connection.
     pub fn set_authorized_keys(&self, lines: &[String]) {
         write_lines(&self.authorized_keys(), lines);
+    }
+
+    /// The HOME of every session: an empty directory, so that the login shell reads
+    /// no rc file of the machine's user (bash sources ~/.bashrc for ssh commands, and
+    /// what it does there is no business of the tests, nor their speed).
+    pub fn home(&self) -> PathBuf {
+        self.dir.join("home")
     }
 
     /// The file every session finds in `GEOREP_VOLUMES`.
@@ -447,7 +458,8 @@ impl Sshd {
              HostbasedAuthentication no\n\
              UsePAM no\n\
              PermitUserEnvironment no\n\
-             SetEnv GEOREP_VOLUMES={volumes}\n\
+             PermitUserRC no\n\
+             SetEnv GEOREP_VOLUMES={volumes} HOME={home}\n\
              AllowTcpForwarding no\n\
              X11Forwarding no\n\
              PrintMotd no\n\
@@ -463,6 +475,7 @@ impl Sshd {
             pid = q(d.join("sshd.pid")),
             ak = q(d.join("authorized_keys")),
             volumes = path_str(&self.volumes_file()),
+            home = path_str(&self.home()),
         )
     }
 
