@@ -99,7 +99,7 @@ pub fn read_exact_at(fd: BorrowedFd, mut buf: &mut [u8], mut off: u64) -> io::Re
 
 /// Feeds `n` zero bytes (a hole) to a hasher without reading them.
 pub fn hash_zeros(h: &mut blake3::Hasher, mut n: u64) {
-    const ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
     while n > 0 {
         let k = n.min(ZEROS.len() as u64) as usize;
         h.update(&ZEROS[..k]);

@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::proto::Msg;
 use crate::sync::report::Reporter;
 use crate::sync::worker::DataJob;
-use crate::transport::Link;
+use crate::transport::{Ending, Link};
 use crate::wire;
 
 /// Reply route for messages without an id (Hello, Finished).
@@ -50,7 +50,7 @@ pub struct Conn {
     pub shared: Arc<Shared>,
     next_id: AtomicU64,
     threads: Vec<JoinHandle<()>>,
-    ending: Mutex<Option<Box<dyn FnOnce() -> Result<()> + Send>>>,
+    ending: Mutex<Option<Ending>>,
 }
 
 impl Conn {

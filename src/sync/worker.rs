@@ -158,9 +158,17 @@ fn attempt(conn: &Conn, job: &DataJob, o: JobOpts, rep: &Reporter) -> Result<Out
         delta: signature.is_some(),
     })?;
     let mut hasher = blake3::Hasher::new();
+    let ship = Shipment {
+        conn,
+        id,
+        fd: fd.as_fd(),
+        size,
+        rep,
+        compress: o.compress,
+    };
     let read = match &signature {
-        Some(sig) => send_delta(conn, id, fd.as_fd(), size, sig, &mut hasher, rep, o),
-        None => send_whole(conn, id, fd.as_fd(), size, &mut hasher, rep, o),
+        Some(sig) => ship.delta(sig, &mut hasher),
+        None => ship.whole(&mut hasher),
     };
     let after = rustix::fs::fstat(&fd);
     let torn = match (&read, &after) {
@@ -232,86 +240,84 @@ fn fetch_signature(conn: &Conn, id: u64, rel: &[u8], basis: u64) -> Result<Optio
     }
 }
 
-fn send_delta(
-    conn: &Conn,
+/// One file's content on its way out.
+struct Shipment<'a> {
+    conn: &'a Conn,
     id: u64,
-    fd: BorrowedFd,
+    fd: BorrowedFd<'a>,
     size: u64,
-    sig: &Signature,
-    hasher: &mut blake3::Hasher,
-    rep: &Reporter,
-    o: JobOpts,
-) -> Result<(), JobError> {
-    let index = sig.index();
-    let block = u32::from_be_bytes(sig.serialized()[4..8].try_into().unwrap());
-    let window = delta::window_for(block);
-    let mut buf = vec![0u8; window.min(size as usize)];
-    let mut off = 0u64;
-    while off < size {
-        let n = ((size - off) as usize).min(window);
-        read_exact_at(fd, &mut buf[..n], off)?;
-        hasher.update(&buf[..n]);
-        let mut d = Vec::new();
-        fast_rsync::diff(&index, &buf[..n], &mut d)
-            .map_err(|e| JobError::File(io::Error::other(e.to_string())))?;
-        let (lit, copied) = delta::delta_stats(&d);
-        rep.counters.bytes_literal.fetch_add(lit, Relaxed);
-        rep.counters.bytes_matched.fetch_add(copied, Relaxed);
-        let (delta, zstd) = pack(d, o.compress);
-        conn.send(&Msg::FileDelta {
-            id,
-            len: n as u32,
-            delta,
-            zstd,
-        })?;
-        rep.progressed(n as u64);
-        off += n as u64;
-    }
-    Ok(())
+    rep: &'a Reporter,
+    compress: bool,
 }
 
-fn send_whole(
-    conn: &Conn,
-    id: u64,
-    fd: BorrowedFd,
-    size: u64,
-    hasher: &mut blake3::Hasher,
-    rep: &Reporter,
-    o: JobOpts,
-) -> Result<(), JobError> {
-    let mut off = 0u64;
-    let mut buf = vec![0u8; CHUNK.min(size as usize)];
-    // Only data extents are read: holes stay holes and cost nothing.
-    while off < size {
-        let data = match rustix::fs::seek(fd, SeekFrom::Data(off)) {
-            Ok(d) => d.min(size),
-            Err(rustix::io::Errno::NXIO) => size,
-            Err(e) => return Err(e.into()),
-        };
-        let hole = if data < size {
-            rustix::fs::seek(fd, SeekFrom::Hole(data))?.min(size)
-        } else {
-            size
-        };
-        hash_zeros(hasher, data - off);
-        rep.progressed(data - off);
-        let mut p = data;
-        while p < hole {
-            let n = ((hole - p) as usize).min(CHUNK);
-            read_exact_at(fd, &mut buf[..n], p)?;
+impl Shipment<'_> {
+    /// Sends the file as deltas against the slave's version, window by window.
+    fn delta(&self, sig: &Signature, hasher: &mut blake3::Hasher) -> Result<(), JobError> {
+        let (conn, id, fd, size, rep) = (self.conn, self.id, self.fd, self.size, self.rep);
+        let index = sig.index();
+        let block = u32::from_be_bytes(sig.serialized()[4..8].try_into().unwrap());
+        let window = delta::window_for(block);
+        let mut buf = vec![0u8; window.min(size as usize)];
+        let mut off = 0u64;
+        while off < size {
+            let n = ((size - off) as usize).min(window);
+            read_exact_at(fd, &mut buf[..n], off)?;
             hasher.update(&buf[..n]);
-            rep.counters.bytes_literal.fetch_add(n as u64, Relaxed);
-            let (data, zstd) = pack(buf[..n].to_vec(), o.compress);
-            conn.send(&Msg::FileData {
+            let mut d = Vec::new();
+            fast_rsync::diff(&index, &buf[..n], &mut d)
+                .map_err(|e| JobError::File(io::Error::other(e.to_string())))?;
+            let (lit, copied) = delta::delta_stats(&d);
+            rep.counters.bytes_literal.fetch_add(lit, Relaxed);
+            rep.counters.bytes_matched.fetch_add(copied, Relaxed);
+            let (delta, zstd) = pack(d, self.compress);
+            conn.send(&Msg::FileDelta {
                 id,
-                offset: p,
-                data,
+                len: n as u32,
+                delta,
                 zstd,
             })?;
             rep.progressed(n as u64);
-            p += n as u64;
+            off += n as u64;
         }
-        off = hole;
+        Ok(())
     }
-    Ok(())
+
+    /// Sends the file whole, reading only its data extents.
+    fn whole(&self, hasher: &mut blake3::Hasher) -> Result<(), JobError> {
+        let (conn, id, fd, size, rep) = (self.conn, self.id, self.fd, self.size, self.rep);
+        let mut off = 0u64;
+        let mut buf = vec![0u8; CHUNK.min(size as usize)];
+        while off < size {
+            let data = match rustix::fs::seek(fd, SeekFrom::Data(off)) {
+                Ok(d) => d.min(size),
+                Err(rustix::io::Errno::NXIO) => size,
+                Err(e) => return Err(e.into()),
+            };
+            let hole = if data < size {
+                rustix::fs::seek(fd, SeekFrom::Hole(data))?.min(size)
+            } else {
+                size
+            };
+            hash_zeros(hasher, data - off);
+            rep.progressed(data - off);
+            let mut p = data;
+            while p < hole {
+                let n = ((hole - p) as usize).min(CHUNK);
+                read_exact_at(fd, &mut buf[..n], p)?;
+                hasher.update(&buf[..n]);
+                rep.counters.bytes_literal.fetch_add(n as u64, Relaxed);
+                let (data, zstd) = pack(buf[..n].to_vec(), self.compress);
+                conn.send(&Msg::FileData {
+                    id,
+                    offset: p,
+                    data,
+                    zstd,
+                })?;
+                rep.progressed(n as u64);
+                p += n as u64;
+            }
+            off = hole;
+        }
+        Ok(())
+    }
 }

@@ -12,12 +12,14 @@ use std::process::{Command, Stdio};
 use crate::error::{Error, Result};
 use crate::target::{Place, Target};
 
+/// Waits for the slave to exit; an error carries its exit status.
+pub type Ending = Box<dyn FnOnce() -> Result<()> + Send>;
+
 /// A duplex byte stream to a slave, plus a way to learn how it ended.
 pub struct Link {
     pub reader: Box<dyn Read + Send>,
     pub writer: Box<dyn Write + Send>,
-    /// Waits for the slave to exit; an error carries its exit status.
-    pub ending: Box<dyn FnOnce() -> Result<()> + Send>,
+    pub ending: Ending,
 }
 
 pub trait Transport {
