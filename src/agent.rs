@@ -562,7 +562,10 @@ impl<W: Write> Agent<W> {
         match r {
             Ok(()) => {
                 self.bases.insert(id, File::from(fd));
-                self.reply(&Msg::SigEnd { id })
+                self.reply(&Msg::SigEnd {
+                    id,
+                    size: st.st_size as u64,
+                })
             }
             Err(e) => self.sig_fail(id, e.to_string()),
         }

@@ -114,8 +114,10 @@ pub enum Msg {
         id: u64,
         data: Vec<u8>,
     },
+    /// The signature is complete; `size` is the length of the basis signed.
     SigEnd {
         id: u64,
+        size: u64,
     },
     SigFail {
         id: u64,
@@ -319,9 +321,9 @@ impl Msg {
                 e.u64(*id).bytes(data);
                 e
             }
-            Msg::SigEnd { id } => {
+            Msg::SigEnd { id, size } => {
                 let mut e = Enc::new(k::SIG_END);
-                e.u64(*id);
+                e.u64(*id).u64(*size);
                 e
             }
             Msg::SigFail { id, message } => {
@@ -493,7 +495,10 @@ impl Msg {
                 id: d.u64()?,
                 data: d.bytes()?.to_vec(),
             },
-            k::SIG_END => Msg::SigEnd { id: d.u64()? },
+            k::SIG_END => Msg::SigEnd {
+                id: d.u64()?,
+                size: d.u64()?,
+            },
             k::SIG_FAIL => Msg::SigFail {
                 id: d.u64()?,
                 message: string(d)?,

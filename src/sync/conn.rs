@@ -208,7 +208,9 @@ fn recv_loop(reader: Box<dyn Read + Send>, s: &Shared, reporter: &Reporter) {
             Msg::Hello(_) | Msg::Finished => (CONTROL, true),
             Msg::DirEntries { id, last, .. } => (*id, *last),
             Msg::SigChunk { id, .. } => (*id, false),
-            Msg::SigEnd { id } | Msg::SigFail { id, .. } | Msg::BarrierAck { id } => (*id, true),
+            Msg::SigEnd { id, .. } | Msg::SigFail { id, .. } | Msg::BarrierAck { id } => {
+                (*id, true)
+            }
             Msg::Verified { id, ok } => {
                 let job = s.unverified.lock().unwrap().remove(id);
                 match job {

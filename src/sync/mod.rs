@@ -180,6 +180,7 @@ impl<'a> Planner<'a> {
         self.jobs = Some(tx);
         let (conn, rep, o) = (self.conn, self.rep, self.job_opts);
         std::thread::scope(|scope| -> Result<()> {
+            let rx = rx;
             let workers: Vec<_> = (0..self.opts.jobs)
                 .map(|_| {
                     let rx = rx.clone();
@@ -192,6 +193,10 @@ impl<'a> Planner<'a> {
                     })
                 })
                 .collect();
+            // Only the workers may hold the queue's receiving end: if they all
+            // stop (connection lost), the planner's next send fails instead of
+            // blocking forever.
+            drop(rx);
             let walked = self.walk(root_entry, rx_root);
             // Closing the queue lets the workers finish what is queued and stop.
             self.jobs = None;

@@ -167,7 +167,7 @@ fn attempt(conn: &Conn, job: &DataJob, o: JobOpts, rep: &Reporter) -> Result<Out
         compress: o.compress,
     };
     let read = match &signature {
-        Some(sig) => ship.delta(sig, &mut hasher),
+        Some((sig, basis_len)) => ship.delta(sig, *basis_len, &mut hasher),
         None => ship.whole(&mut hasher),
     };
     let after = rustix::fs::fstat(&fd);
@@ -205,8 +205,14 @@ fn attempt(conn: &Conn, job: &DataJob, o: JobOpts, rep: &Reporter) -> Result<Out
     Ok(Outcome::Sent)
 }
 
-/// Asks the slave for its version's signature; None falls back to a whole transfer.
-fn fetch_signature(conn: &Conn, id: u64, rel: &[u8], basis: u64) -> Result<Option<Signature>> {
+/// Asks the slave for its version's signature and the length it signed;
+/// None falls back to a whole transfer.
+fn fetch_signature(
+    conn: &Conn,
+    id: u64,
+    rel: &[u8],
+    basis: u64,
+) -> Result<Option<(Signature, u64)>> {
     let block = delta::block_size_for(basis);
     let hash_len = delta::hash_len_for(basis, block);
     let rx = conn.request(
@@ -221,7 +227,7 @@ fn fetch_signature(conn: &Conn, id: u64, rel: &[u8], basis: u64) -> Result<Optio
     // The basis may have grown since it was listed; still refuse absurd sizes.
     let cap = delta::signature_len(basis.max(1 << 30) * 4, block, hash_len);
     let mut bytes = Vec::new();
-    loop {
+    let signed = loop {
         match conn.wait(&rx)? {
             Msg::SigChunk { data, .. } => {
                 if (bytes.len() + data.len()) as u64 > cap {
@@ -229,13 +235,20 @@ fn fetch_signature(conn: &Conn, id: u64, rel: &[u8], basis: u64) -> Result<Optio
                 }
                 bytes.extend_from_slice(&data);
             }
-            Msg::SigEnd { .. } => break,
+            Msg::SigEnd { size, .. } => break size,
             Msg::SigFail { .. } => return Ok(None),
             other => return Err(Error::Protocol(format!("unexpected reply {other:?}"))),
         }
-    }
+    };
+    let expected = delta::signature_len(signed, block, hash_len);
     match Signature::deserialize(bytes) {
-        Ok(sig) if sig.serialized().len() >= delta::SIG_HEADER => Ok(Some(sig)),
+        Ok(sig)
+            if sig.serialized().len() as u64 == expected
+                && sig.serialized()[4..12]
+                    == [block.to_be_bytes(), hash_len.to_be_bytes()].concat()[..] =>
+        {
+            Ok(Some((sig, signed)))
+        }
         _ => Err(Error::Protocol("invalid signature from slave".into())),
     }
 }
@@ -252,11 +265,15 @@ struct Shipment<'a> {
 
 impl Shipment<'_> {
     /// Sends the file as deltas against the slave's version, window by window.
-    fn delta(&self, sig: &Signature, hasher: &mut blake3::Hasher) -> Result<(), JobError> {
+    fn delta(
+        &self,
+        sig: &Signature,
+        basis_len: u64,
+        hasher: &mut blake3::Hasher,
+    ) -> Result<(), JobError> {
         let (conn, id, fd, size, rep) = (self.conn, self.id, self.fd, self.size, self.rep);
-        let index = sig.index();
-        let block = u32::from_be_bytes(sig.serialized()[4..8].try_into().unwrap());
-        let window = delta::window_for(block);
+        let basis = delta::Basis::new(sig, basis_len);
+        let window = delta::window_for(basis.block());
         let mut buf = vec![0u8; window.min(size as usize)];
         let mut off = 0u64;
         while off < size {
@@ -264,7 +281,8 @@ impl Shipment<'_> {
             read_exact_at(fd, &mut buf[..n], off)?;
             hasher.update(&buf[..n]);
             let mut d = Vec::new();
-            fast_rsync::diff(&index, &buf[..n], &mut d)
+            basis
+                .encode(&buf[..n], off, &mut d)
                 .map_err(|e| JobError::File(io::Error::other(e.to_string())))?;
             let (lit, copied) = delta::delta_stats(&d);
             rep.counters.bytes_literal.fetch_add(lit, Relaxed);

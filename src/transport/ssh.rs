@@ -212,6 +212,14 @@ impl Transport for Russh {
         let (mut read_half, write_half) = channel.split();
         let (in_tx, in_rx) = mpsc::channel::<Vec<u8>>(64);
         let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(64);
+        // Us → slave; closing our writer sends EOF.
+        let pump_out = rt.spawn(async move {
+            while let Some(buf) = out_rx.recv().await {
+                write_half.data_bytes(buf).await?;
+            }
+            write_half.eof().await
+        });
+        let stop_out = pump_out.abort_handle();
         // Slave → us: data to the reader; stderr forwarded; exit status kept.
         let pump_in = rt.spawn(async move {
             let mut status = None;
@@ -234,19 +242,16 @@ impl Transport for Russh {
                     }
                     ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
                     ChannelMsg::ExitSignal { signal_name, .. } => {
+                        stop_out.abort();
                         return Err(format!("remote georep killed by signal {signal_name:?}"));
                     }
                     _ => {}
                 }
             }
+            // The session is gone: a writer waiting for window space would
+            // wait forever, so stop it; our writer then fails at once.
+            stop_out.abort();
             Ok(status)
-        });
-        // Us → slave; closing our writer sends EOF.
-        let pump_out = rt.spawn(async move {
-            while let Some(buf) = out_rx.recv().await {
-                write_half.data_bytes(buf).await?;
-            }
-            write_half.eof().await
         });
         let command = self.command.clone();
         let ending = Box::new(move || {

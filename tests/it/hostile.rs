@@ -1270,7 +1270,7 @@ fn messages_only_a_slave_sends_are_refused() {
                 data: b"x".to_vec(),
             },
         ),
-        ("sig-end", Msg::SigEnd { id: 1 }),
+        ("sig-end", Msg::SigEnd { id: 1, size: 0 }),
         (
             "sig-fail",
             Msg::SigFail {
@@ -1660,7 +1660,7 @@ fn signature_of_a_huge_sparse_file_has_bounded_memory() {
     loop {
         match slave.recv() {
             Msg::SigChunk { id: 1, data } => sig_bytes += data.len() as u64,
-            Msg::SigEnd { id: 1 } => break,
+            Msg::SigEnd { id: 1, .. } => break,
             m => panic!("{label}: unexpected {}", brief(&m)),
         }
     }
@@ -1702,7 +1702,7 @@ fn delta_rebuild_of_a_huge_sparse_file_has_bounded_memory() {
     loop {
         match slave.recv() {
             Msg::SigChunk { id: 1, .. } => {}
-            Msg::SigEnd { id: 1 } => break,
+            Msg::SigEnd { id: 1, .. } => break,
             m => panic!("{label}: unexpected {}", brief(&m)),
         }
     }
@@ -1968,7 +1968,7 @@ fn delta_update(label: &str, wrong_hash: bool) -> (Fixture, SlaveRun, Vec<u8>) {
     loop {
         match slave.recv() {
             Msg::SigChunk { id: 1, data } => sig.extend_from_slice(&data),
-            Msg::SigEnd { id: 1 } => break,
+            Msg::SigEnd { id: 1, .. } => break,
             m => panic!("{label}: unexpected {}", brief(&m)),
         }
     }

@@ -229,6 +229,38 @@ fn wait_output(child: Child, limit: Duration, what: &str) -> Output {
     }
 }
 
+/// The backtraces of a live process through gdb, when installed (the release profile
+/// keeps line tables): per thread, its top frames and every frame in georep's own
+/// code, each line shortened.
+fn backtraces(pid: u32) -> String {
+    let Ok(out) = std::process::Command::new("gdb")
+        .args(["-nx", "-batch", "-p", &pid.to_string()])
+        .args(["-ex", "thread apply all bt 40"])
+        .stdin(std::process::Stdio::null())
+        .output()
+    else {
+        return String::new();
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut s = String::new();
+    let mut frame = 0;
+    for line in text.lines() {
+        if line.starts_with("Thread ") {
+            frame = 0;
+        } else if line.starts_with('#') {
+            frame += 1;
+            if frame > 6 && !line.contains(" at src/") {
+                continue;
+            }
+        } else {
+            continue;
+        }
+        s.extend(line.chars().take(200));
+        s.push('\n');
+    }
+    s
+}
+
 /// For a hang report: every thread of the processes of group `pgid`, with its state
 /// and the kernel function it waits in.
 fn group_threads(pgid: u32) -> String {
@@ -255,6 +287,7 @@ fn group_threads(pgid: u32) -> String {
         let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
         out.push_str(&format!("{pid}: {cmdline}\n"));
+        out.push_str(&backtraces(pid));
         let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
             continue;
         };
