@@ -73,6 +73,7 @@ pub fn run(opts: &SyncOptions) -> Result<Summary> {
         (Err(Error::Disconnected(m)), Err(e)) => {
             return Err(match e {
                 Error::Ssh { .. } => e,
+                Error::Disconnected(how) => Error::Disconnected(format!("{m}; {how}")),
                 e => Error::Disconnected(format!("{m}; {e}")),
             })
         }
