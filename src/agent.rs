@@ -318,6 +318,7 @@ impl<W: Write> Agent<W> {
                 let delta = self.inflate(delta, zstd, delta::MAX_WINDOW * 2)?;
                 self.file_delta(id, len as usize, &delta)
             }
+            Msg::FileHole { id, len } => self.file_hole(id, len),
             Msg::FileEnd { id, hash, meta } => self.file_end(id, hash, &meta),
             Msg::FileAbort { id } => {
                 if let Some(f) = self.incoming.remove(&id) {
@@ -695,6 +696,20 @@ impl<W: Write> Agent<W> {
         let r = write_sparse(file.as_fd(), f.pos, &out);
         f.pos += len as u64;
         self.check_write(id, r)
+    }
+
+    /// Zeros the master found as a hole: the temporary, sized at FileBegin,
+    /// already reads as zeros there, so nothing is written.
+    fn file_hole(&mut self, id: u64, len: u64) -> Step {
+        let f = self.incoming(id)?;
+        if f.pos.saturating_add(len) > f.size {
+            return Err(fatal(format!("hole past the end of {}", show(&f.path))));
+        }
+        if f.file.is_some() {
+            hash_zeros(&mut f.hasher, len);
+        }
+        f.pos += len;
+        Ok(())
     }
 
     /// A write failure (disk full) fails this file only.

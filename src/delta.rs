@@ -10,6 +10,7 @@ use std::io;
 use std::os::fd::BorrowedFd;
 
 use fast_rsync::{IndexedSignature, Signature, SignatureOptions};
+use rustix::fs::SeekFrom;
 
 /// Size of a signature header: magic, block size, hash length.
 pub const SIG_HEADER: usize = 12;
@@ -69,16 +70,48 @@ pub fn sign_file(
     let mut buf = vec![0u8; chunk];
     let mut off = 0u64;
     let mut first = true;
+    // A hole's blocks all have the signature of a zero block: computed once.
+    let mut zero_entry: Option<Vec<u8>> = None;
     while off < len || first {
         let want = ((len - off) as usize).min(chunk);
-        read_exact_at(fd, &mut buf[..want], off)?;
-        let sig = Signature::calculate(&buf[..want], opts);
-        let bytes = sig.serialized();
-        emit(if first { bytes } else { &bytes[SIG_HEADER..] })?;
+        let bytes = if want >= block as usize && is_hole(fd, off, want as u64) {
+            let e = zero_entry.get_or_insert_with(|| {
+                Signature::calculate(&vec![0u8; block as usize], opts).serialized()[SIG_HEADER..]
+                    .to_vec()
+            });
+            let mut out =
+                Vec::with_capacity(SIG_HEADER + want / block as usize * e.len() + e.len());
+            let head = Signature::calculate(&[], opts);
+            out.extend_from_slice(head.serialized());
+            for _ in 0..want / block as usize {
+                out.extend_from_slice(e);
+            }
+            let rem = want % block as usize;
+            if rem > 0 {
+                buf[..rem].fill(0);
+                out.extend_from_slice(
+                    &Signature::calculate(&buf[..rem], opts).serialized()[SIG_HEADER..],
+                );
+            }
+            out
+        } else {
+            read_exact_at(fd, &mut buf[..want], off)?;
+            Signature::calculate(&buf[..want], opts).into_serialized()
+        };
+        emit(if first { &bytes } else { &bytes[SIG_HEADER..] })?;
         first = false;
         off += want as u64;
     }
     Ok(())
+}
+
+/// Whether `[off, off + len)` of a file is one hole (zeros that take no space).
+pub fn is_hole(fd: BorrowedFd, off: u64, len: u64) -> bool {
+    match rustix::fs::seek(fd, SeekFrom::Data(off)) {
+        Ok(data) => data >= off + len,
+        Err(rustix::io::Errno::NXIO) => true,
+        Err(_) => false,
+    }
 }
 
 /// pread until full; a short file is an error (it changed under us).
@@ -274,6 +307,28 @@ mod tests {
             chunked.len() as u64,
             signature_len(data.len() as u64, block, hash_len)
         );
+
+        // Holes are signed without being read, identically.
+        let sparse = tempfile::tempfile().unwrap();
+        let len = 3 * WINDOW as u64 + 777;
+        sparse.set_len(len).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&sparse, b"data", WINDOW as u64 + 5).unwrap();
+        let mut content = vec![0u8; len as usize];
+        content[WINDOW + 5..WINDOW + 9].copy_from_slice(b"data");
+        let mut signed = Vec::new();
+        sign_file(sparse.as_fd(), len, block, hash_len, |b| {
+            signed.extend_from_slice(b);
+            Ok(())
+        })
+        .unwrap();
+        let expect = Signature::calculate(
+            &content,
+            SignatureOptions {
+                block_size: block,
+                crypto_hash_size: hash_len,
+            },
+        );
+        assert_eq!(signed, expect.serialized());
 
         // An in-place edit, a shifted region and a grown tail, window by window.
         let mut new = data.clone();

@@ -152,6 +152,11 @@ pub enum Msg {
     FileAbort {
         id: u64,
     },
+    /// The next `len` bytes of the file are zeros: a hole in the source.
+    FileHole {
+        id: u64,
+        len: u64,
+    },
     /// Slave's verdict on a delta-built file: false asks for the whole file.
     Verified {
         id: u64,
@@ -205,6 +210,7 @@ mod k {
     pub const FINISH: u8 = 24;
     pub const FINISHED: u8 = 25;
     pub const FATAL: u8 = 26;
+    pub const FILE_HOLE: u8 = 27;
 }
 
 fn string(d: &mut Dec) -> Result<String, WireError> {
@@ -372,6 +378,11 @@ impl Msg {
                 e.u64(*id);
                 e
             }
+            Msg::FileHole { id, len } => {
+                let mut e = Enc::new(k::FILE_HOLE);
+                e.u64(*id).u64(*len);
+                e
+            }
             Msg::Verified { id, ok } => {
                 let mut e = Enc::new(k::VERIFIED);
                 e.u64(*id).bool(*ok);
@@ -527,6 +538,10 @@ impl Msg {
                 meta: Meta::decode(d)?,
             },
             k::FILE_ABORT => Msg::FileAbort { id: d.u64()? },
+            k::FILE_HOLE => Msg::FileHole {
+                id: d.u64()?,
+                len: d.u64()?,
+            },
             k::VERIFIED => Msg::Verified {
                 id: d.u64()?,
                 ok: d.bool()?,
@@ -553,7 +568,7 @@ impl Msg {
 }
 
 fn name_of(kind: u8) -> &'static str {
-    const NAMES: [&str; 27] = [
+    const NAMES: [&str; 28] = [
         "?",
         "hello",
         "list-dir",
@@ -581,6 +596,7 @@ fn name_of(kind: u8) -> &'static str {
         "finish",
         "finished",
         "fatal",
+        "file-hole",
     ];
     NAMES.get(kind as usize).copied().unwrap_or("unknown")
 }

@@ -278,6 +278,15 @@ impl Shipment<'_> {
         let mut off = 0u64;
         while off < size {
             let n = ((size - off) as usize).min(window);
+            if delta::is_hole(fd, off, n as u64) {
+                // Zeros the slave leaves as a hole: no read, no diff, no write.
+                hash_zeros(hasher, n as u64);
+                rep.counters.bytes_matched.fetch_add(n as u64, Relaxed);
+                conn.send(&Msg::FileHole { id, len: n as u64 })?;
+                rep.progressed(n as u64);
+                off += n as u64;
+                continue;
+            }
             read_exact_at(fd, &mut buf[..n], off)?;
             hasher.update(&buf[..n]);
             let mut d = Vec::new();
