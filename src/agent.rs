@@ -277,6 +277,7 @@ impl<W: Write> Agent<W> {
                 })
             }
             Msg::Remove { path } => self.remove(&path),
+            Msg::Rename { from, to } => self.rename(&from, &to),
             Msg::Link { path, target } => self.link(&path, &target),
             Msg::SetMeta { path, kind, meta } => self.set_meta(&path, kind, &meta),
             Msg::DirMeta { path, meta } => {
@@ -507,6 +508,33 @@ impl<W: Write> Agent<W> {
             remove_tree(dir.as_fd(), name).at(path)
         } else {
             rustix::fs::unlinkat(&dir, name, AtFlags::empty()).at(path)
+        }
+    }
+
+    fn rename(&mut self, from: &[u8], to: &[u8]) -> Step {
+        let root = self.root()?;
+        // Either side's directory missing is left to the merge that follows.
+        let (fdir, fname) = match root.parent(from) {
+            Ok(x) => x,
+            Err(PathError::Io { .. }) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let (tdir, tname) = match root.parent(to) {
+            Ok(x) => x,
+            Err(PathError::Io { .. }) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        root.invalidate();
+        match rustix::fs::renameat(&fdir, fname, &tdir, tname) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+            // A directory onto a non-empty one, a type clash: leave it to the merge.
+            Err(
+                rustix::io::Errno::NOTEMPTY
+                | rustix::io::Errno::EXIST
+                | rustix::io::Errno::ISDIR
+                | rustix::io::Errno::NOTDIR,
+            ) => Ok(()),
+            Err(e) => Err(op_err(to, e)),
         }
     }
 

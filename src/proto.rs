@@ -152,6 +152,12 @@ pub enum Msg {
     FileAbort {
         id: u64,
     },
+    /// Move `from` to `to` (both relative to the root); a missing `from` is
+    /// not an error (the merge that follows repairs whatever is left).
+    Rename {
+        from: Vec<u8>,
+        to: Vec<u8>,
+    },
     /// The next `len` bytes of the file are zeros: a hole in the source.
     FileHole {
         id: u64,
@@ -211,6 +217,7 @@ mod k {
     pub const FINISHED: u8 = 25;
     pub const FATAL: u8 = 26;
     pub const FILE_HOLE: u8 = 27;
+    pub const RENAME: u8 = 28;
 }
 
 fn string(d: &mut Dec) -> Result<String, WireError> {
@@ -378,6 +385,11 @@ impl Msg {
                 e.u64(*id);
                 e
             }
+            Msg::Rename { from, to } => {
+                let mut e = Enc::new(k::RENAME);
+                e.bytes(from).bytes(to);
+                e
+            }
             Msg::FileHole { id, len } => {
                 let mut e = Enc::new(k::FILE_HOLE);
                 e.u64(*id).u64(*len);
@@ -538,6 +550,10 @@ impl Msg {
                 meta: Meta::decode(d)?,
             },
             k::FILE_ABORT => Msg::FileAbort { id: d.u64()? },
+            k::RENAME => Msg::Rename {
+                from: d.bytes()?.to_vec(),
+                to: d.bytes()?.to_vec(),
+            },
             k::FILE_HOLE => Msg::FileHole {
                 id: d.u64()?,
                 len: d.u64()?,
@@ -568,7 +584,7 @@ impl Msg {
 }
 
 fn name_of(kind: u8) -> &'static str {
-    const NAMES: [&str; 28] = [
+    const NAMES: [&str; 29] = [
         "?",
         "hello",
         "list-dir",
@@ -597,6 +613,7 @@ fn name_of(kind: u8) -> &'static str {
         "finished",
         "fatal",
         "file-hole",
+        "rename",
     ];
     NAMES.get(kind as usize).copied().unwrap_or("unknown")
 }

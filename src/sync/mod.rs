@@ -61,29 +61,108 @@ const LOOKAHEAD: usize = 64;
 /// Runs a sync; per-entry failures are counted in the summary.
 pub fn run(opts: &SyncOptions) -> Result<Summary> {
     let rep = Arc::new(Reporter::new(opts.verbose, opts.json, opts.progress));
-    let source = open_source(opts)?;
-    let link = transport::for_target(&opts.target, &opts.ssh)?.connect()?;
-    let conn = Conn::start(link, rep.clone());
-    let outcome = Planner::new(opts, &conn, &rep, source).and_then(|mut p| p.run());
-    let shared = conn.shared.clone();
-    let closed = conn.close();
-    match (outcome, closed) {
-        (Ok(()), closed) => closed?,
-        // A lost connection is best explained by how the slave (or ssh) ended.
-        (Err(Error::Disconnected(m)), Err(e)) => {
-            return Err(match e {
-                Error::Ssh { .. } => e,
-                Error::Disconnected(how) => Error::Disconnected(format!("{m}; {how}")),
-                e => Error::Disconnected(format!("{m}; {e}")),
-            })
-        }
-        (Err(e), _) => return Err(e),
+    let mut r = Replicator::connect(opts, rep.clone())?;
+    let outcome = r.round(&Scope::Full);
+    let (sent, received) = r.traffic();
+    r.close(outcome)?;
+    Ok(rep.summary(sent, received, opts.dry_run))
+}
+
+/// What one round replicates.
+#[derive(Clone, Debug, Default)]
+pub enum Scope {
+    /// The whole tree.
+    #[default]
+    Full,
+    /// Only what a batch of changes touched: renames first (so that moved
+    /// trees travel as renames), then a merge of each listed directory,
+    /// descending into existing subdirectories only when `recursive`.
+    Changes {
+        renames: Vec<(Vec<u8>, Vec<u8>)>,
+        dirs: Vec<(Vec<u8>, bool)>,
+    },
+}
+
+/// What a round learned besides its changes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RoundOutcome {
+    /// A targeted round met a hard-link group it could not see whole: only
+    /// a full round can place its names correctly.
+    pub needs_full: bool,
+}
+
+/// A connection to a slave that serves any number of rounds; each round
+/// ends with the slave's durable acknowledgement (Finished).
+pub struct Replicator {
+    opts: SyncOptions,
+    conn: Conn,
+    rep: Arc<Reporter>,
+    source: Root,
+    hello: Hello,
+}
+
+impl Replicator {
+    pub fn connect(opts: &SyncOptions, rep: Arc<Reporter>) -> Result<Replicator> {
+        let source = open_source(opts)?;
+        let link = transport::for_target(&opts.target, &opts.ssh)?.connect()?;
+        let conn = Conn::start(link, rep.clone());
+        let hello = match handshake(&conn, opts) {
+            Ok(h) => h,
+            Err(e) => {
+                let closed = conn.close();
+                return Err(explain(e, closed));
+            }
+        };
+        Ok(Replicator {
+            opts: opts.clone(),
+            conn,
+            rep,
+            source,
+            hello,
+        })
     }
-    Ok(rep.summary(
-        shared.bytes_sent.load(Relaxed),
-        shared.bytes_received.load(Relaxed),
-        opts.dry_run,
-    ))
+
+    /// One round; returns once the slave has durably applied it.
+    pub fn round(&mut self, scope: &Scope) -> Result<RoundOutcome> {
+        let mut p = Planner::new(
+            &self.opts,
+            &self.conn,
+            &self.rep,
+            &mut self.source,
+            &self.hello,
+        );
+        p.run(scope)?;
+        Ok(RoundOutcome {
+            needs_full: p.needs_full,
+        })
+    }
+
+    /// Bytes sent and received so far.
+    pub fn traffic(&self) -> (u64, u64) {
+        let s = &self.conn.shared;
+        (s.bytes_sent.load(Relaxed), s.bytes_received.load(Relaxed))
+    }
+
+    /// Closes the connection; `outcome` is how the last round went.
+    pub fn close<T>(self, outcome: Result<T>) -> Result<T> {
+        let closed = self.conn.close();
+        match outcome {
+            Ok(v) => closed.map(|_| v),
+            Err(e) => Err(explain(e, closed)),
+        }
+    }
+}
+
+/// A lost connection is best explained by how the slave (or ssh) ended.
+fn explain(e: Error, closed: Result<()>) -> Error {
+    match (e, closed) {
+        (Error::Disconnected(m), Err(Error::Disconnected(how))) => {
+            Error::Disconnected(format!("{m}; {how}"))
+        }
+        (Error::Disconnected(_), Err(e @ Error::Ssh { .. })) => e,
+        (Error::Disconnected(m), Err(e)) => Error::Disconnected(format!("{m}; {e}")),
+        (e, _) => e,
+    }
 }
 
 fn open_source(opts: &SyncOptions) -> Result<Root> {
@@ -109,6 +188,8 @@ struct DirTask {
     /// The source directory's own entry (metadata to replicate).
     master: Entry,
     slave: Listing,
+    /// Merge existing subdirectories too (always, below a created one).
+    recurse: bool,
 }
 
 enum Listing {
@@ -130,7 +211,7 @@ struct Planner<'a> {
     opts: &'a SyncOptions,
     conn: &'a Conn,
     rep: &'a Arc<Reporter>,
-    source: Root,
+    source: &'a mut Root,
     scan: ScanOpts,
     /// The slave can set owners (runs as root).
     owners: bool,
@@ -139,6 +220,9 @@ struct Planner<'a> {
     jobs: Option<mpsc::SyncSender<DataJob>>,
     job_opts: JobOpts,
     in_flight: usize,
+    /// Targeted round: see [`RoundOutcome::needs_full`].
+    targeted: bool,
+    needs_full: bool,
 }
 
 impl<'a> Planner<'a> {
@@ -146,11 +230,11 @@ impl<'a> Planner<'a> {
         opts: &'a SyncOptions,
         conn: &'a Conn,
         rep: &'a Arc<Reporter>,
-        source: Root,
-    ) -> Result<Self> {
-        let hello = handshake(conn, opts)?;
+        source: &'a mut Root,
+        hello: &Hello,
+    ) -> Self {
         let xattrs = opts.xattrs && hello.features & proto::feature::XATTRS != 0;
-        Ok(Planner {
+        Planner {
             opts,
             conn,
             rep,
@@ -170,12 +254,31 @@ impl<'a> Planner<'a> {
                 compress: opts.compress && hello.features & proto::feature::ZSTD != 0,
             },
             in_flight: 0,
-        })
+            targeted: false,
+            needs_full: false,
+        }
     }
 
-    fn run(&mut self) -> Result<()> {
-        let root_entry = self.source_root_entry()?;
-        let rx_root = self.list(Vec::new())?;
+    fn run(&mut self, scope: &Scope) -> Result<()> {
+        let stack = match scope {
+            Scope::Full => {
+                let master = self.source_root_entry()?;
+                let rx = self.list(Vec::new())?;
+                vec![DirTask {
+                    rel: Vec::new(),
+                    master,
+                    slave: Listing::Requested(rx),
+                    recurse: true,
+                }]
+            }
+            Scope::Changes { renames, dirs } => {
+                self.targeted = true;
+                for (from, to) in renames {
+                    self.rename(from, to)?;
+                }
+                self.targeted_tasks(dirs)?
+            }
+        };
         let (tx, rx) = mpsc::sync_channel::<DataJob>(self.opts.jobs * 4);
         let rx = Arc::new(Mutex::new(rx));
         self.jobs = Some(tx);
@@ -198,7 +301,7 @@ impl<'a> Planner<'a> {
             // stop (connection lost), the planner's next send fails instead of
             // blocking forever.
             drop(rx);
-            let walked = self.walk(root_entry, rx_root);
+            let walked = self.walk(stack);
             // Closing the queue lets the workers finish what is queued and stop.
             self.jobs = None;
             let mut first_err = walked.err();
@@ -261,13 +364,87 @@ impl<'a> Planner<'a> {
         )
     }
 
+    /// Sends a rename the journal saw, if the source still agrees with it:
+    /// `to` exists and `from` does not.
+    fn rename(&mut self, from: &[u8], to: &[u8]) -> Result<()> {
+        let exists = |src: &mut Root, p: &[u8]| -> bool {
+            let Ok((dir, name)) = src.parent(p) else {
+                return false;
+            };
+            rustix::fs::statat(&*dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).is_ok()
+        };
+        if exists(self.source, to) && !exists(self.source, from) {
+            self.rep.item('R', to);
+            self.mutate(&Msg::Rename {
+                from: from.to_vec(),
+                to: to.to_vec(),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The directories a batch touched, parents first, without those a
+    /// recursive ancestor already covers, excluded ones and vanished ones.
+    fn targeted_tasks(&mut self, dirs: &[(Vec<u8>, bool)]) -> Result<Vec<DirTask>> {
+        let mut dirs = dirs.to_vec();
+        dirs.sort();
+        dirs.dedup_by(|b, a| {
+            a.0 == b.0 && {
+                a.1 |= b.1;
+                true
+            }
+        });
+        let mut covered: Vec<Vec<u8>> = Vec::new();
+        let mut tasks = Vec::new();
+        for (rel, recurse) in dirs {
+            let under = |c: &Vec<u8>| {
+                c.is_empty() || rel == *c || rel.starts_with(&[c.as_slice(), b"/"].concat())
+            };
+            if covered.iter().any(under) || self.excluded_path(&rel) {
+                continue;
+            }
+            let master = if rel.is_empty() {
+                self.source_root_entry()?
+            } else {
+                let Ok((dir, name)) = self.source.parent(&rel) else {
+                    continue;
+                };
+                match meta::stat_entry(dir.as_fd(), name, self.scan) {
+                    Ok(e) if e.kind == Kind::Dir => e,
+                    // Gone or no longer a directory: its parent's merge settles it.
+                    _ => continue,
+                }
+            };
+            if recurse {
+                covered.push(rel.clone());
+            }
+            tasks.push(DirTask {
+                rel,
+                master,
+                slave: Listing::Pending,
+                recurse,
+            });
+        }
+        // A stack: the first (shallowest) directory is processed first.
+        tasks.reverse();
+        Ok(tasks)
+    }
+
+    /// Whether a directory or any of its ancestors is excluded.
+    fn excluded_path(&self, rel: &[u8]) -> bool {
+        let ancestors = rel
+            .iter()
+            .enumerate()
+            .filter(|(_, &b)| b == b'/')
+            .map(|(i, _)| &rel[..i]);
+        ancestors
+            .chain(std::iter::once(rel))
+            .filter(|p| !p.is_empty())
+            .any(|p| self.opts.excluder.excluded(p, true))
+    }
+
     /// Depth-first walk with listings requested up to LOOKAHEAD directories ahead.
-    fn walk(&mut self, root: Entry, root_listing: Receiver<Msg>) -> Result<()> {
-        let mut stack = vec![DirTask {
-            rel: Vec::new(),
-            master: root,
-            slave: Listing::Requested(root_listing),
-        }];
+    fn walk(&mut self, mut stack: Vec<DirTask>) -> Result<()> {
         while let Some(task) = stack.pop() {
             let slave = match task.slave {
                 Listing::Requested(rx) => {
@@ -282,7 +459,11 @@ impl<'a> Planner<'a> {
                 Listing::Absent => None,
             };
             let children = self.merge_dir(&task.rel, &task.master, slave)?;
-            stack.extend(children.into_iter().rev());
+            // A targeted merge descends only into what it created.
+            let children = children
+                .into_iter()
+                .filter(|c| task.recurse || matches!(c.slave, Listing::Absent));
+            stack.extend(children.rev());
             // Keep the slave busy listing what comes next.
             for t in stack.iter_mut().rev() {
                 if self.in_flight >= LOOKAHEAD {
@@ -480,6 +661,7 @@ impl<'a> Planner<'a> {
                     rel: path.to_vec(),
                     master: m,
                     slave,
+                    recurse: true,
                 });
             }
             Kind::Regular => changed |= self.regular(path, dir, m, s)?,
@@ -544,6 +726,10 @@ impl<'a> Planner<'a> {
         s: Option<Entry>,
     ) -> Result<bool> {
         let in_group = m.nlink > 1;
+        if in_group && self.targeted && !self.links.contains_key(&(m.dev, m.ino)) {
+            // Its other names may lie outside this round's directories.
+            self.needs_full = true;
+        }
         if in_group {
             if let Some(leader) = self.links.get(&(m.dev, m.ino)) {
                 // A further name of a group whose leader is already placed.
