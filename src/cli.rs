@@ -6,9 +6,11 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::daemon;
 use crate::error::Exit;
 use crate::exclude::Excluder;
 use crate::proto::FsyncPolicy;
+use crate::session::{self, Session, SessionConfig, SessionError};
 use crate::sync::{self, SyncOptions};
 use crate::target::{Place, Target};
 use crate::transport::SshOptions;
@@ -17,6 +19,9 @@ use crate::volumes::{self, Request};
 #[derive(Parser, Debug)]
 #[command(name = "georep", version, about = "File-level geo-replication")]
 pub struct Cli {
+    /// Where sessions, journals, sockets and logs live (or GEOREP_HOME).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub home: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -30,6 +35,49 @@ pub enum Command {
     /// Replication keys for SSH targets.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Create a continuous replication session.
+    Create(CreateArgs),
+    /// Start a session's daemon (returns once it runs).
+    Start {
+        name: String,
+        /// Run in the foreground (for systemd).
+        #[arg(long)]
+        foreground: bool,
+    },
+    /// Stop a session's daemon.
+    Stop { name: String },
+    /// Show sessions: state, crawl, lag, pending, failures.
+    Status {
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show or change a session's configuration (takes effect at next start).
+    Config {
+        name: String,
+        key: Option<String>,
+        value: Option<String>,
+        /// Restore KEY's default.
+        #[arg(long, value_name = "KEY", conflicts_with_all = ["key", "value"])]
+        reset: Option<String>,
+    },
+    /// Delete a stopped session and its journal.
+    Delete {
+        name: String,
+        /// Accepted for gluster compatibility: the journal (and so the sync time) goes anyway.
+        #[arg(long)]
+        reset_sync_time: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    pub name: String,
+    pub source: PathBuf,
+    pub target: String,
+    /// Session option (see `georep config NAME`), repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -196,6 +244,86 @@ pub fn run(cli: Cli) -> Exit {
     raise_fd_limit();
     match cli.command {
         Command::Slave(a) => slave(&a),
+        Command::Create(a) => session_cmd(
+            |home| {
+                let mut c = SessionConfig::new(a.source.clone(), a.target.clone());
+                for kv in &a.set {
+                    let (k, v) = kv.split_once('=').ok_or_else(|| {
+                        SessionError::BadConfig(format!("--set {kv:?}: use KEY=VALUE"))
+                    })?;
+                    c.set(k, v)?;
+                }
+                Session::create(home, &a.name, &c)?;
+                Ok(())
+            },
+            cli.home.as_deref(),
+        ),
+        Command::Start { name, foreground } => {
+            let home = session::home(cli.home.as_deref());
+            match Session::open(&home, &name) {
+                Ok(s) if foreground => daemon::run_foreground(&s),
+                Ok(s) => report(daemon::start_background(&home, &s).map(|_| ())),
+                Err(e) => report(Err(e)),
+            }
+        }
+        Command::Stop { name } => session_cmd(
+            |home| daemon::stop(&Session::open(home, &name)?),
+            cli.home.as_deref(),
+        ),
+        Command::Status { name, json } => session_cmd(
+            |home| {
+                let list = daemon::statuses(home, name.as_deref())?;
+                if json {
+                    let out = if name.is_some() {
+                        serde_json::to_string_pretty(&list[0])
+                    } else {
+                        serde_json::to_string_pretty(&list)
+                    };
+                    println!("{}", out.expect("status serializes"));
+                } else {
+                    daemon::print_table(&list);
+                }
+                Ok(())
+            },
+            cli.home.as_deref(),
+        ),
+        Command::Config {
+            name,
+            key,
+            value,
+            reset,
+        } => session_cmd(
+            |home| {
+                let s = Session::open(home, &name)?;
+                let mut c = s.config()?;
+                match (key, value, reset) {
+                    (_, _, Some(k)) => {
+                        c.reset(&k)?;
+                        s.save(&c)
+                    }
+                    (Some(k), Some(v), None) => {
+                        c.set(&k, &v)?;
+                        s.save(&c)
+                    }
+                    (Some(k), None, None) => match c.get(&k) {
+                        Some(v) => {
+                            println!("{v}");
+                            Ok(())
+                        }
+                        None => Err(SessionError::BadConfig(format!("{k} is not set"))),
+                    },
+                    (None, _, None) => {
+                        print!("{}", toml::to_string(&c).expect("config serializes"));
+                        Ok(())
+                    }
+                }
+            },
+            cli.home.as_deref(),
+        ),
+        Command::Delete { name, .. } => session_cmd(
+            |home| Session::open(home, &name)?.delete(),
+            cli.home.as_deref(),
+        ),
         Command::Keys(KeysCommand::Create(a)) => {
             match crate::keys::create(&a.dir, &a.place.place(), a.remote_command.as_deref()) {
                 Ok(c) => {
@@ -251,6 +379,23 @@ pub fn run(cli: Cli) -> Exit {
             }
         }
     }
+}
+
+fn report(r: Result<(), SessionError>) -> Exit {
+    match r {
+        Ok(()) => Exit::Ok,
+        Err(e) => {
+            eprintln!("georep: {e}");
+            e.exit()
+        }
+    }
+}
+
+fn session_cmd(
+    f: impl FnOnce(&std::path::Path) -> Result<(), SessionError>,
+    home: Option<&std::path::Path>,
+) -> Exit {
+    report(f(&session::home(home)))
 }
 
 /// `georep slave`: resolve the root, honour a forced command, serve stdio.

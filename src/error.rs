@@ -26,6 +26,8 @@ pub enum Exit {
     Protocol = 5,
     /// The SSH connection or authentication failed, or the host key is not trusted.
     Ssh = 6,
+    /// A session command failed: unknown or existing session, already running.
+    Session = 7,
     /// Some entries failed; everything else was replicated.
     Partial = 23,
 }
@@ -39,6 +41,7 @@ impl Exit {
             4 => Exit::Target,
             5 => Exit::Protocol,
             6 => Exit::Ssh,
+            7 => Exit::Session,
             23 => Exit::Partial,
             _ => Exit::Other,
         }

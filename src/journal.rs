@@ -145,6 +145,17 @@ impl Journal {
         Ok(Journal { conn, path: shown })
     }
 
+    /// Opens a journal that must already exist (for readers such as `status`).
+    pub fn open_existing(path: &Path) -> Result<Journal> {
+        if !path.exists() {
+            return Err(JournalError::Sqlite {
+                path: path.display().to_string(),
+                source: rusqlite::Error::InvalidPath(path.to_path_buf()),
+            });
+        }
+        Journal::open(path)
+    }
+
     fn err(&self) -> impl Fn(rusqlite::Error) -> JournalError + '_ {
         |source| JournalError::Sqlite {
             path: self.path.clone(),
@@ -251,6 +262,43 @@ impl Journal {
                 "DELETE FROM changes WHERE seq <= ?1 AND time_ns < ?2",
                 params![marker.seq as i64, cutoff],
             )
+            .map_err(self.err())
+    }
+
+    /// Unacked changes by kind: entry ops, data, metadata.
+    pub fn pending_by_kind(&self) -> Result<(u64, u64, u64)> {
+        let m = self.marker()?;
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT op, COUNT(*) FROM changes WHERE seq > ?1 GROUP BY op")
+            .map_err(self.err())?;
+        let rows = st
+            .query_map(params![m.seq as i64], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+            })
+            .map_err(self.err())?;
+        let (mut entry, mut data, mut meta) = (0, 0, 0);
+        for row in rows {
+            let (op, n) = row.map_err(self.err())?;
+            match Op::from_i64(op) {
+                Some(Op::Data) => data += n as u64,
+                Some(Op::Meta) => meta += n as u64,
+                _ => entry += n as u64,
+            }
+        }
+        Ok((entry, data, meta))
+    }
+
+    /// Time of the oldest unacked change, if any.
+    pub fn oldest_pending_ns(&self) -> Result<Option<i64>> {
+        let m = self.marker()?;
+        self.conn
+            .query_row(
+                "SELECT time_ns FROM changes WHERE seq > ?1 ORDER BY seq LIMIT 1",
+                params![m.seq as i64],
+                |r| r.get(0),
+            )
+            .optional()
             .map_err(self.err())
     }
 

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod cli;
 pub mod confine;
+pub mod daemon;
 pub mod delta;
 pub mod error;
 pub mod exclude;
@@ -11,6 +12,7 @@ pub mod journal;
 pub mod keys;
 pub mod meta;
 pub mod proto;
+pub mod session;
 pub mod sync;
 pub mod target;
 pub mod transport;

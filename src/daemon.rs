@@ -1,0 +1,534 @@
+//! The session daemon: records changes, ships them, reports status.
+//!
+//! One process per session. The recorder writes every change into the
+//! journal from the moment the daemon starts; the worker loop then runs a
+//! full (first start) or catch-up (restart) round, and from then on ships the
+//! journal in batches. The marker advances only after a round's durable
+//! Finished, so a crash at any point replays the unacked tail, and every
+//! round is idempotent. Failures retry with exponential backoff (state
+//! Faulty meanwhile) and resume where the marker is.
+
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Exit;
+use crate::journal::{self, Change, Journal, Marker, Op, Writer};
+use crate::session::{write_atomic, Session, SessionConfig, SessionError};
+use crate::sync::report::Reporter;
+use crate::sync::{Replicator, Scope};
+use crate::watch::Recorder;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum State {
+    Created,
+    Initializing,
+    Active,
+    Passive,
+    Faulty,
+    Paused,
+    Stopped,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Crawl {
+    Full,
+    #[serde(rename = "Catch-up")]
+    CatchUp,
+    Changelog,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct Pending {
+    pub entry: u64,
+    pub data: u64,
+    pub meta: u64,
+}
+
+/// What `georep status --json` prints for one session.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub session: String,
+    pub state: State,
+    pub crawl: Option<Crawl>,
+    pub pid: Option<i32>,
+    /// Unix seconds of the newest change the slave has durably applied.
+    pub last_synced: Option<f64>,
+    pub lag_seconds: Option<f64>,
+    pub pending: Pending,
+    pub failures: u64,
+    pub files_synced: u64,
+    pub bytes_sent: u64,
+    pub last_error: Option<String>,
+    pub source: String,
+    pub target: String,
+    /// The kernel refused inotify watches: only crawls cover the tree.
+    #[serde(default)]
+    pub watch_limit: bool,
+}
+
+impl Status {
+    fn new(s: &Session, c: &SessionConfig) -> Status {
+        Status {
+            session: s.name.clone(),
+            state: State::Created,
+            crawl: None,
+            pid: None,
+            last_synced: None,
+            lag_seconds: None,
+            pending: Pending::default(),
+            failures: 0,
+            files_synced: 0,
+            bytes_sent: 0,
+            last_error: None,
+            source: c.source.display().to_string(),
+            target: c.target.clone(),
+            watch_limit: false,
+        }
+    }
+
+    /// The status as a reader sees it: the daemon's last report, corrected
+    /// by whether it still runs, with pending counts from the journal.
+    pub fn read(s: &Session) -> Result<Status, SessionError> {
+        let c = s.config()?;
+        let mut st: Status = std::fs::read(s.status_path())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_else(|| Status::new(s, &c));
+        st.pid = s.running_pid();
+        if st.pid.is_none() && st.state != State::Created {
+            st.state = State::Stopped;
+            st.crawl = None;
+        }
+        if let Ok(j) = Journal::open_existing(&s.journal_path()) {
+            if let Ok((entry, data, meta)) = j.pending_by_kind() {
+                st.pending = Pending { entry, data, meta };
+            }
+            if let Ok(m) = j.marker() {
+                if m.time_ns > 0 {
+                    st.last_synced = Some(m.time_ns as f64 / 1e9);
+                }
+            }
+            st.lag_seconds = match j.oldest_pending_ns() {
+                Ok(Some(t)) => Some(((journal::now_ns() - t) as f64 / 1e9).max(0.0)),
+                Ok(None) if st.last_synced.is_some() => Some(0.0),
+                _ => None,
+            };
+        }
+        Ok(st)
+    }
+}
+
+/// `georep start NAME`: runs the daemon in the background and returns once
+/// it holds its lock (or reports why it could not start).
+pub fn start_background(home: &std::path::Path, s: &Session) -> Result<i32, SessionError> {
+    if let Some(pid) = s.running_pid() {
+        return Ok(pid);
+    }
+    let exe = std::env::current_exe().map_err(|e| SessionError::Io {
+        context: "locating the georep binary".into(),
+        source: e,
+    })?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(s.log_path())
+        .map_err(|e| SessionError::Io {
+            context: s.log_path().display().to_string(),
+            source: e,
+        })?;
+    let mut child = Command::new(exe)
+        .arg("--home")
+        .arg(home)
+        .args(["start", &s.name, "--foreground"])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| SessionError::Io {
+            context: "log".into(),
+            source: e,
+        })?)
+        .stderr(log)
+        // Its own session: not killed with the shell that started it.
+        .process_group(0)
+        .spawn()
+        .map_err(|e| SessionError::Io {
+            context: "starting the daemon".into(),
+            source: e,
+        })?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(pid) = s.running_pid() {
+            return Ok(pid);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(SessionError::BadConfig(format!(
+                "daemon exited with {status}; see {}",
+                s.log_path().display()
+            )));
+        }
+        if Instant::now() > deadline {
+            return Err(SessionError::BadConfig(format!(
+                "daemon did not start; see {}",
+                s.log_path().display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `georep stop NAME`: SIGTERM, wait; SIGKILL if it does not go in 30 s.
+pub fn stop(s: &Session) -> Result<(), SessionError> {
+    let Some(pid) = s.running_pid() else {
+        return Ok(());
+    };
+    let pid = rustix::process::Pid::from_raw(pid).expect("positive pid");
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s.running_pid().is_some() {
+        if Instant::now() > deadline {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            std::thread::sleep(Duration::from_millis(200));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+fn log(msg: &str) {
+    let now = journal::now_ns() as f64 / 1e9;
+    let _ = writeln!(std::io::stderr().lock(), "[{now:.3}] {msg}");
+}
+
+/// Runs the daemon in this process until SIGTERM/SIGINT.
+pub fn run_foreground(s: &Session) -> Exit {
+    match Daemon::new(s).and_then(|mut d| d.run()) {
+        Ok(()) => Exit::Ok,
+        Err(e) => {
+            log(&format!("georep daemon: {e}"));
+            e.exit()
+        }
+    }
+}
+
+struct Daemon {
+    session: Session,
+    config: SessionConfig,
+    status: Status,
+    stop: Arc<AtomicBool>,
+    journal: Journal,
+    /// Held for the daemon's lifetime: the lock says "running".
+    _pid_file: std::fs::File,
+    writer: Option<Writer>,
+    recorder: Option<Recorder>,
+    last_full: Instant,
+    /// Bytes sent over connections already closed.
+    bytes_before: u64,
+}
+
+impl Daemon {
+    fn new(s: &Session) -> Result<Daemon, SessionError> {
+        let config = s.config()?;
+        config.validate()?;
+        let pid_file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(s.pid_path())
+            .map_err(|e| SessionError::Io {
+                context: s.pid_path().display().to_string(),
+                source: e,
+            })?;
+        rustix::fs::flock(
+            &pid_file,
+            rustix::fs::FlockOperation::NonBlockingLockExclusive,
+        )
+        .map_err(|_| SessionError::Running(s.name.clone()))?;
+        let pid = std::process::id();
+        let _ = rustix::fs::ftruncate(&pid_file, 0);
+        let _ = (&pid_file).write_all(format!("{pid}\n").as_bytes());
+        let stop = Arc::new(AtomicBool::new(false));
+        for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+            signal_hook::flag::register(sig, stop.clone()).map_err(|e| SessionError::Io {
+                context: "installing signal handlers".into(),
+                source: e,
+            })?;
+        }
+        let journal_err = |e: journal::JournalError| SessionError::BadConfig(e.to_string());
+        let journal = Journal::open(&s.journal_path()).map_err(journal_err)?;
+        let writer = Writer::start(
+            Journal::open(&s.journal_path()).map_err(journal_err)?,
+            4096,
+            Duration::from_millis(5),
+        );
+        let mut status = Status::read(s).unwrap_or_else(|_| Status::new(s, &config));
+        status.pid = Some(pid as i32);
+        status.last_error = None;
+        // Recording starts before the first crawl, so nothing written during it is lost.
+        let recorder = match Recorder::start(&config.source, writer.sender()) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                log(&format!("not watching: {e}; relying on full crawls"));
+                status.watch_limit = true;
+                status.last_error = Some(e.to_string());
+                None
+            }
+        };
+        log(&format!(
+            "session {} started (pid {pid}): {} -> {}",
+            s.name,
+            config.source.display(),
+            config.target
+        ));
+        Ok(Daemon {
+            session: s.clone(),
+            config,
+            status,
+            stop,
+            journal,
+            _pid_file: pid_file,
+            writer: Some(writer),
+            recorder,
+            last_full: Instant::now(),
+            bytes_before: 0,
+        })
+    }
+
+    fn publish(&mut self) {
+        if let Some(r) = &self.recorder {
+            self.status.watch_limit |= r.watch_limit_hit();
+        }
+        let json = serde_json::to_vec_pretty(&self.status).expect("status serializes");
+        if let Err(e) = write_atomic(&self.session.status_path(), &json) {
+            log(&format!("writing status: {e}"));
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Relaxed)
+    }
+
+    /// Sleeps up to `d`, waking early when asked to stop.
+    fn nap(&self, d: Duration) {
+        let until = Instant::now() + d;
+        while !self.stopping() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20).min(until - Instant::now()));
+        }
+    }
+
+    fn run(&mut self) -> Result<(), SessionError> {
+        let first = self.status.state == State::Created || self.status.last_synced.is_none();
+        self.status.state = State::Initializing;
+        self.status.crawl = Some(if first { Crawl::Full } else { Crawl::CatchUp });
+        self.publish();
+        let mut backoff = Duration::from_secs(1);
+        // A crawl is owed at start: the first full sync, or the catch-up
+        // for whatever changed while no daemon ran.
+        let mut full_owed = true;
+        while !self.stopping() {
+            let rep = Arc::new(Reporter::new(false, false, false));
+            let opts = self.config.sync_options()?;
+            let mut r = match Replicator::connect(&opts, rep.clone()) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.fault(&e.to_string(), &mut backoff);
+                    continue;
+                }
+            };
+            let outcome = self.serve(&mut r, &rep, &mut full_owed);
+            self.bytes_before += r.traffic().0;
+            match r.close(outcome) {
+                Ok(()) => break,
+                Err(e) => self.fault(&e.to_string(), &mut backoff),
+            }
+        }
+        self.status.state = State::Stopped;
+        self.status.crawl = None;
+        self.status.pid = None;
+        self.publish();
+        drop(self.recorder.take());
+        if let Some(w) = self.writer.take() {
+            let _ = w.finish();
+        }
+        log("stopped");
+        Ok(())
+    }
+
+    fn fault(&mut self, why: &str, backoff: &mut Duration) {
+        log(&format!("faulty: {why}; retrying in {backoff:?}"));
+        self.status.state = State::Faulty;
+        self.status.failures += 1;
+        self.status.last_error = Some(why.to_string());
+        self.publish();
+        self.nap(*backoff);
+        *backoff = (*backoff * 2).min(Duration::from_secs(60));
+    }
+
+    /// Ships changes over one connection until stopped or it fails.
+    fn serve(
+        &mut self,
+        r: &mut Replicator,
+        rep: &Arc<Reporter>,
+        full_owed: &mut bool,
+    ) -> Result<(), crate::error::Error> {
+        let jerr = |e: journal::JournalError| crate::error::Error::Protocol(e.to_string());
+        loop {
+            if self.stopping() {
+                return Ok(());
+            }
+            let interval = self.config.full_crawl_interval;
+            if interval > 0 && self.last_full.elapsed() >= Duration::from_secs(interval) {
+                *full_owed = true;
+            }
+            if *full_owed {
+                // Everything recorded so far is covered by a crawl that starts now.
+                let upto = self.journal.last_seq().map_err(jerr)?;
+                if self.status.state != State::Initializing {
+                    self.status.crawl = Some(Crawl::Full);
+                }
+                self.publish();
+                log("crawling the whole tree");
+                r.round(&Scope::Full)?;
+                self.journal
+                    .ack(Marker {
+                        seq: upto,
+                        time_ns: journal::now_ns(),
+                    })
+                    .map_err(jerr)?;
+                *full_owed = false;
+                self.last_full = Instant::now();
+                self.synced(rep, r);
+                continue;
+            }
+            let marker = self.journal.marker().map_err(jerr)?;
+            let max = self.config.batch_max_changes as usize;
+            let mut batch = self.journal.read_after(marker.seq, max).map_err(jerr)?;
+            if batch.is_empty() {
+                self.nap(Duration::from_millis(20));
+                continue;
+            }
+            // Let a burst gather into one batch, then take what arrived.
+            let age = Duration::from_nanos((journal::now_ns() - batch[0].time_ns).max(0) as u64);
+            if age < self.config.batch_delay() && batch.len() < max {
+                self.nap(self.config.batch_delay() - age);
+                batch = self.journal.read_after(marker.seq, max).map_err(jerr)?;
+            }
+            let last = batch.last().expect("non-empty");
+            let ack = Marker {
+                seq: last.seq,
+                time_ns: last.time_ns,
+            };
+            match plan(&batch) {
+                Some(scope) => {
+                    let outcome = r.round(&scope)?;
+                    *full_owed |= outcome.needs_full;
+                }
+                None => *full_owed = true,
+            }
+            self.journal.ack(ack).map_err(jerr)?;
+            let retention = Duration::from_secs(self.config.journal_retention);
+            let _ = self.journal.trim(retention);
+            self.synced(rep, r);
+        }
+    }
+
+    fn synced(&mut self, rep: &Reporter, r: &Replicator) {
+        self.status.state = State::Active;
+        self.status.crawl = Some(Crawl::Changelog);
+        self.status.last_error = None;
+        self.status.files_synced = rep.counters.files_transferred.load(Relaxed);
+        self.status.bytes_sent = self.bytes_before + r.traffic().0;
+        self.publish();
+    }
+}
+
+fn parent(p: &[u8]) -> Vec<u8> {
+    match p.iter().rposition(|&b| b == b'/') {
+        Some(i) => p[..i].to_vec(),
+        None => Vec::new(),
+    }
+}
+
+/// Turns a batch into a round: renames in journal order, then the
+/// directories whose entries changed (and new or moved-in directories,
+/// whole). None asks for a full crawl (the recorder lost events at the root).
+pub fn plan(batch: &[Change]) -> Option<Scope> {
+    let mut renames = Vec::new();
+    let mut dirs: Vec<(Vec<u8>, bool)> = Vec::new();
+    for c in batch {
+        match c.op {
+            Op::Rescan if c.path.is_empty() => return None,
+            Op::Rescan => dirs.push((c.path.clone(), true)),
+            Op::Rename => {
+                let to = c.path2.clone().unwrap_or_default();
+                renames.push((c.path.clone(), to.clone()));
+                dirs.push((parent(&c.path), false));
+                dirs.push((parent(&to), false));
+                dirs.push((to, false));
+            }
+            // Moved in from outside, or created: its contents may predate its watch.
+            Op::Mkdir | Op::MovedTo => {
+                dirs.push((parent(&c.path), false));
+                dirs.push((c.path.clone(), true));
+            }
+            // A directory's own metadata is applied by merging it.
+            Op::Meta => {
+                dirs.push((parent(&c.path), false));
+                dirs.push((c.path.clone(), false));
+            }
+            Op::Create | Op::Data | Op::Remove | Op::MovedFrom => {
+                dirs.push((parent(&c.path), false));
+            }
+        }
+    }
+    Some(Scope::Changes { renames, dirs })
+}
+
+/// Reads the status of every session (or one) for `georep status`.
+pub fn statuses(home: &std::path::Path, name: Option<&str>) -> Result<Vec<Status>, SessionError> {
+    match name {
+        Some(n) => Ok(vec![Status::read(&Session::open(home, n)?)?]),
+        None => Session::all(home).iter().map(Status::read).collect(),
+    }
+}
+
+/// The human table, in the spirit of gluster's `status detail`.
+pub fn print_table(list: &[Status]) {
+    println!(
+        "{:<16} {:<12} {:<10} {:>8} {:>20} {:>9} {:>17} {:>8}  SOURCE -> TARGET",
+        "SESSION", "STATE", "CRAWL", "PID", "LAST SYNCED", "LAG (s)", "PENDING e/d/m", "FAILURES"
+    );
+
+    for s in list {
+        let last = s
+            .last_synced
+            .map(|t| format!("{t:.0}"))
+            .unwrap_or_else(|| "-".into());
+        let lag = s
+            .lag_seconds
+            .map(|l| format!("{l:.2}"))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<16} {:<12} {:<10} {:>8} {:>20} {:>9} {:>17} {:>8}  {} -> {}",
+            s.session,
+            format!("{:?}", s.state),
+            s.crawl
+                .map(|c| format!("{c:?}"))
+                .unwrap_or_else(|| "-".into()),
+            s.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            last,
+            lag,
+            format!("{}/{}/{}", s.pending.entry, s.pending.data, s.pending.meta),
+            s.failures,
+            s.source,
+            s.target
+        );
+        if let Some(e) = &s.last_error {
+            println!("{:<16} last error: {e}", "");
+        }
+    }
+}
