@@ -376,11 +376,24 @@ impl Daemon {
         full_owed: &mut bool,
     ) -> Result<(), crate::error::Error> {
         let jerr = |e: journal::JournalError| crate::error::Error::Protocol(e.to_string());
+        // A round with failed entries is not acked: the marker never skips a change.
+        let round = |r: &mut Replicator, scope: &Scope| {
+            let before = rep.counters.errors.load(Relaxed);
+            let outcome = r.round(scope)?;
+            match rep.counters.errors.load(Relaxed) - before {
+                0 => Ok(outcome),
+                failed => Err(crate::error::Error::Partial { failed }),
+            }
+        };
         loop {
             if self.stopping() {
                 return Ok(());
             }
-            let interval = self.config.full_crawl_interval;
+            let mut interval = self.config.full_crawl_interval;
+            if self.recorder.is_none() || self.status.watch_limit {
+                // Not (fully) watched: crawls are all that sees changes.
+                interval = if interval == 0 { 60 } else { interval.min(60) };
+            }
             if interval > 0 && self.last_full.elapsed() >= Duration::from_secs(interval) {
                 *full_owed = true;
             }
@@ -392,7 +405,7 @@ impl Daemon {
                 }
                 self.publish();
                 log("crawling the whole tree");
-                r.round(&Scope::Full)?;
+                round(r, &Scope::Full)?;
                 self.journal
                     .ack(Marker {
                         seq: upto,
@@ -424,7 +437,7 @@ impl Daemon {
             };
             match plan(&batch) {
                 Some(scope) => {
-                    let outcome = r.round(&scope)?;
+                    let outcome = round(r, &scope)?;
                     *full_owed |= outcome.needs_full;
                 }
                 None => *full_owed = true,

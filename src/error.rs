@@ -65,6 +65,10 @@ pub enum Error {
     /// The connection to the slave broke.
     #[error("connection to slave lost: {0}")]
     Disconnected(String),
+    /// Some entries of a round failed (each was reported); a session does
+    /// not ack such a round, it retries it.
+    #[error("{failed} entries failed to replicate")]
+    Partial { failed: u64 },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -87,6 +91,7 @@ impl Error {
             Error::Target { .. } => Exit::Target,
             Error::Protocol(_) | Error::Disconnected(_) => Exit::Protocol,
             Error::Ssh { .. } => Exit::Ssh,
+            Error::Partial { .. } => Exit::Partial,
             Error::Remote { code, .. } => match Exit::from_code(*code) {
                 Exit::Ok | Exit::Other | Exit::Partial | Exit::Usage => Exit::Protocol,
                 e => e,
@@ -97,7 +102,10 @@ impl Error {
 
     /// Whether running again unchanged may succeed.
     pub fn is_temporary(&self) -> bool {
-        matches!(self, Error::Disconnected(_) | Error::Io { .. })
+        matches!(
+            self,
+            Error::Disconnected(_) | Error::Io { .. } | Error::Partial { .. }
+        )
     }
 }
 
