@@ -406,7 +406,9 @@ impl<W: Write> Agent<W> {
         };
         let dir = match root.open_dir(path) {
             Ok(d) => d,
-            Err(PathError::Io { .. }) => return self.reply(&empty),
+            // Reading is harmless: a path that is not a directory here (yet)
+            // is simply absent; only writes through it are refused.
+            Err(PathError::Io { .. } | PathError::NotDir { .. }) => return self.reply(&empty),
             Err(e) => return Err(e.into()),
         };
         let st = rustix::fs::fstat(&dir).at(path)?;
@@ -513,15 +515,16 @@ impl<W: Write> Agent<W> {
 
     fn rename(&mut self, from: &[u8], to: &[u8]) -> Step {
         let root = self.root()?;
-        // Either side's directory missing is left to the merge that follows.
+        // Either side's directory missing (or not a directory here yet) is
+        // left to the merge that follows; nothing is written through it.
         let (fdir, fname) = match root.parent(from) {
             Ok(x) => x,
-            Err(PathError::Io { .. }) => return Ok(()),
+            Err(PathError::Io { .. } | PathError::NotDir { .. }) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
         let (tdir, tname) = match root.parent(to) {
             Ok(x) => x,
-            Err(PathError::Io { .. }) => return Ok(()),
+            Err(PathError::Io { .. } | PathError::NotDir { .. }) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
         root.invalidate();

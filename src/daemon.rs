@@ -187,14 +187,27 @@ pub fn stop(s: &Session) -> Result<(), SessionError> {
     };
     let pid = rustix::process::Pid::from_raw(pid).expect("positive pid");
     let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    // The lock goes when the daemon closes its pid file, a moment before the
+    // process is gone: wait for both (a zombie counts as gone).
+    let gone = || {
+        s.running_pid().is_none()
+            && std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero())).map_or(
+                true,
+                |st| {
+                    st.rsplit(')')
+                        .next()
+                        .is_some_and(|r| r.trim_start().starts_with('Z'))
+                },
+            )
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while s.running_pid().is_some() {
+    while !gone() {
         if Instant::now() > deadline {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
             std::thread::sleep(Duration::from_millis(200));
             break;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(10));
     }
     Ok(())
 }
@@ -430,6 +443,22 @@ impl Daemon {
                 self.nap(self.config.batch_delay() - age);
                 batch = self.journal.read_after(marker.seq, max).map_err(jerr)?;
             }
+            // A rename's halves (From, To, Both) and the changes inotify
+            // reports under the old name right after it arrive together but
+            // may straddle a journal commit: never cut a batch just after one.
+            for _ in 0..5 {
+                let now = journal::now_ns();
+                let settling = batch
+                    .iter()
+                    .rev()
+                    .take_while(|c| now - c.time_ns < 50_000_000)
+                    .any(|c| matches!(c.op, Op::MovedFrom | Op::MovedTo | Op::Rename));
+                if !settling || batch.len() >= max {
+                    break;
+                }
+                self.nap(Duration::from_millis(20));
+                batch = self.journal.read_after(marker.seq, max).map_err(jerr)?;
+            }
             let last = batch.last().expect("non-empty");
             let ack = Marker {
                 seq: last.seq,
@@ -470,35 +499,64 @@ fn parent(p: &[u8]) -> Vec<u8> {
 /// directories whose entries changed (and new or moved-in directories,
 /// whole). None asks for a full crawl (the recorder lost events at the root).
 pub fn plan(batch: &[Change]) -> Option<Scope> {
-    let mut renames = Vec::new();
+    let mut renames: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     let mut dirs: Vec<(Vec<u8>, bool)> = Vec::new();
+    // A rename inside the tree also arrives as a From and a To: the rename
+    // op moves the tree on the slave, so its destination needs no deep merge.
+    let moved_to: std::collections::HashSet<&[u8]> = batch
+        .iter()
+        .filter(|c| c.op == Op::Rename)
+        .filter_map(|c| c.path2.as_deref())
+        .collect();
     for c in batch {
+        // inotify reports changes inside a just-renamed directory under its
+        // old name until notify has moved its watches: follow the renames.
+        let path = follow(&renames, &c.path);
         match c.op {
-            Op::Rescan if c.path.is_empty() => return None,
-            Op::Rescan => dirs.push((c.path.clone(), true)),
+            Op::Rescan if path.is_empty() => return None,
+            Op::Rescan => dirs.push((path, true)),
             Op::Rename => {
                 let to = c.path2.clone().unwrap_or_default();
-                renames.push((c.path.clone(), to.clone()));
-                dirs.push((parent(&c.path), false));
+                dirs.push((parent(&path), false));
                 dirs.push((parent(&to), false));
-                dirs.push((to, false));
+                // Whole, if a directory: changes made inside it while its
+                // watches moved may not have been seen at all.
+                dirs.push((to.clone(), true));
+                renames.push((path, to));
             }
-            // Moved in from outside, or created: its contents may predate its watch.
-            Op::Mkdir | Op::MovedTo => {
-                dirs.push((parent(&c.path), false));
-                dirs.push((c.path.clone(), true));
+            Op::MovedTo if moved_to.contains(c.path.as_slice()) => {
+                dirs.push((parent(&path), false));
             }
-            // A directory's own metadata is applied by merging it.
-            Op::Meta => {
-                dirs.push((parent(&c.path), false));
-                dirs.push((c.path.clone(), false));
+            // Created or moved in: if it is a directory, its contents may
+            // predate its watch, so it is merged whole. (Non-directories
+            // among these are dropped when the round stats them.)
+            Op::Create | Op::Mkdir | Op::MovedTo => {
+                dirs.push((parent(&path), false));
+                dirs.push((path, true));
             }
-            Op::Create | Op::Data | Op::Remove | Op::MovedFrom => {
-                dirs.push((parent(&c.path), false));
+            // A directory's own metadata (which inotify may report as either)
+            // is applied by merging the directory itself.
+            Op::Meta | Op::Data => {
+                dirs.push((parent(&path), false));
+                dirs.push((path, false));
+            }
+            Op::Remove | Op::MovedFrom => {
+                dirs.push((parent(&path), false));
             }
         }
     }
     Some(Scope::Changes { renames, dirs })
+}
+
+/// Where `path` is now, after the renames seen so far (latest first).
+fn follow(renames: &[(Vec<u8>, Vec<u8>)], path: &[u8]) -> Vec<u8> {
+    let mut p = path.to_vec();
+    for (from, to) in renames.iter().rev() {
+        if p.len() > from.len() && p.starts_with(from) && p[from.len()] == b'/' {
+            p = [to.as_slice(), &p[from.len()..]].concat();
+        }
+    }
+    p
 }
 
 /// Reads the status of every session (or one) for `georep status`.

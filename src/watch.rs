@@ -150,12 +150,13 @@ impl Recorder {
         });
         let s = shared.clone();
         let shown = root.display().to_string();
-        let mut watcher =
-            notify::recommended_watcher(move |res| s.handle(res)).map_err(|source| {
-                WatchError::Notify {
-                    path: shown.clone(),
-                    source,
-                }
+        // Never follow symlinks: a link to a directory inside the tree would
+        // share its inotify watch and report its changes under the link's name.
+        let config = notify::Config::default().with_follow_symlinks(false);
+        let mut watcher = notify::RecommendedWatcher::new(move |res| s.handle(res), config)
+            .map_err(|source| WatchError::Notify {
+                path: shown.clone(),
+                source,
             })?;
         watcher
             .watch(root, RecursiveMode::Recursive)

@@ -124,6 +124,9 @@ impl Replicator {
 
     /// One round; returns once the slave has durably applied it.
     pub fn round(&mut self, scope: &Scope) -> Result<RoundOutcome> {
+        // The source changed since the last round: cached handles may name
+        // directories that moved or were replaced.
+        self.source.invalidate();
         let mut p = Planner::new(
             &self.opts,
             &self.conn,
@@ -364,16 +367,22 @@ impl<'a> Planner<'a> {
         )
     }
 
-    /// Sends a rename the journal saw, if the source still agrees with it:
-    /// `to` exists and `from` does not.
+    /// Sends a rename the journal saw, if the source still agrees with it
+    /// (`to` exists, `from` does not) and neither name is excluded.
     fn rename(&mut self, from: &[u8], to: &[u8]) -> Result<()> {
-        let exists = |src: &mut Root, p: &[u8]| -> bool {
-            let Ok((dir, name)) = src.parent(p) else {
-                return false;
-            };
-            rustix::fs::statat(&*dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).is_ok()
+        let kind = |src: &mut Root, p: &[u8]| -> Option<Kind> {
+            let (dir, name) = src.parent(p).ok()?;
+            let st = rustix::fs::statat(&*dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).ok()?;
+            Some(Kind::from_stat(&st))
         };
-        if exists(self.source, to) && !exists(self.source, from) {
+        let Some(k) = kind(self.source, to) else {
+            return Ok(());
+        };
+        let is_dir = k == Kind::Dir;
+        if kind(self.source, from).is_none()
+            && !self.excluded_path(from, is_dir)
+            && !self.excluded_path(to, is_dir)
+        {
             self.rep.item('R', to);
             self.mutate(&Msg::Rename {
                 from: from.to_vec(),
@@ -400,7 +409,7 @@ impl<'a> Planner<'a> {
             let under = |c: &Vec<u8>| {
                 c.is_empty() || rel == *c || rel.starts_with(&[c.as_slice(), b"/"].concat())
             };
-            if covered.iter().any(under) || self.excluded_path(&rel) {
+            if covered.iter().any(under) || self.excluded_path(&rel, true) {
                 continue;
             }
             let master = if rel.is_empty() {
@@ -430,17 +439,18 @@ impl<'a> Planner<'a> {
         Ok(tasks)
     }
 
-    /// Whether a directory or any of its ancestors is excluded.
-    fn excluded_path(&self, rel: &[u8]) -> bool {
+    /// Whether a path or any of its ancestors is excluded.
+    fn excluded_path(&self, rel: &[u8], is_dir: bool) -> bool {
+        let ex = &self.opts.excluder;
         let ancestors = rel
             .iter()
             .enumerate()
             .filter(|(_, &b)| b == b'/')
             .map(|(i, _)| &rel[..i]);
         ancestors
-            .chain(std::iter::once(rel))
             .filter(|p| !p.is_empty())
-            .any(|p| self.opts.excluder.excluded(p, true))
+            .any(|p| ex.excluded(p, true))
+            || (!rel.is_empty() && ex.excluded(rel, is_dir))
     }
 
     /// Depth-first walk with listings requested up to LOOKAHEAD directories ahead.
@@ -458,6 +468,21 @@ impl<'a> Planner<'a> {
                 }
                 Listing::Absent => None,
             };
+            if matches!(&slave, Some((None, _))) && !task.rel.is_empty() {
+                // Listed as present, gone from the slave by the time it was
+                // listed (or never created): whoever owns its parent must
+                // create it. A targeted round leaves that to a full round; a
+                // full round reports it.
+                if self.targeted {
+                    self.needs_full = true;
+                } else {
+                    self.rep.error(&format!(
+                        "{}: vanished from the target during the run",
+                        show(&task.rel)
+                    ));
+                }
+                continue;
+            }
             let children = self.merge_dir(&task.rel, &task.master, slave)?;
             // A targeted merge descends only into what it created.
             let children = children
@@ -526,7 +551,7 @@ impl<'a> Planner<'a> {
     ) -> Result<Vec<DirTask>> {
         let (slave_this, slave_entries) = match slave {
             Some((Some(this), entries)) => (Some(this), entries),
-            // Listed but gone (removed behind our back): treat as absent.
+            // Not created yet (a dry run into a missing target root).
             _ => (None, Vec::new()),
         };
         let dir = match self.source.open_dir(rel) {

@@ -1,6 +1,7 @@
 //! The single integration-test binary (one link step, shared support code).
 
 mod hostile;
+mod session;
 mod ssh;
 mod support;
 mod sync;
