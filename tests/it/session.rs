@@ -177,14 +177,16 @@ fn is_alive(pid: u32) -> bool {
     matches!(proc_stat(pid), Some((s, _, _)) if !matches!(s, 'Z' | 'X' | 'x'))
 }
 
-/// Whether `pid` runs the georep binary (a pid read from a stale file may have been
-/// reused by another process).
-fn is_georep(pid: u32) -> bool {
+/// Whether `pid` is a daemon of the session at `home`: it runs the georep binary, or
+/// names `home` on its command line (a pid read from a stale file may have been reused
+/// by another process).
+fn is_daemon_of(pid: u32, home: &Path) -> bool {
     let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };
+    let home = home.as_os_str().as_encoded_bytes();
     let argv0 = cmdline.split(|&b| b == 0).next().unwrap_or_default();
-    argv0.ends_with(b"georep")
+    argv0.ends_with(b"georep") || cmdline.windows(home.len()).any(|w| w == home)
 }
 
 fn descendants(root: u32) -> BTreeSet<u32> {
@@ -602,7 +604,7 @@ impl Drop for Session {
             pids.insert(pid);
         }
         for pid in pids {
-            if is_alive(pid) && is_georep(pid) {
+            if is_alive(pid) && is_daemon_of(pid, &self.home) {
                 eprintln!(
                     "session {}: daemon {pid} survived `stop`: SIGKILL",
                     self.name
@@ -810,6 +812,27 @@ fn delete_and_recreate(src: &Path) {
     write_file(&src.join("nested/empty_dir/now_full"), b"recreated");
 }
 
+/// Renames that a replay in the wrong order breaks: a swap through a temporary name
+/// across directories, a chain of directory renames, a name reused at once, and a
+/// directory moved below a new directory of its old name.
+fn rename_chains_and_swaps(src: &Path) {
+    let (a, b, tmp) = (
+        src.join("sparse/all_hole"),
+        src.join("modes/all_bits"),
+        src.join("sparse/swap.tmp"),
+    );
+    rename(&b, &tmp);
+    rename(&a, &b);
+    rename(&tmp, &a);
+    rename(&src.join("sparse"), &src.join("sparse_1"));
+    rename(&src.join("sparse_1"), &src.join("sparse_2"));
+    rename(&src.join("special"), &src.join("special_old"));
+    write_file(&src.join("special/new"), b"a new directory, an old name");
+    rename(&src.join("links"), &src.join("links_moved"));
+    mkdir(&src.join("links"));
+    rename(&src.join("links_moved"), &src.join("links/inner"));
+}
+
 fn delete_subtree(src: &Path) {
     remove(&src.join("deep"));
 }
@@ -875,6 +898,19 @@ fn mkdir_then_files_at_once(src: &Path) {
     }
 }
 
+/// Names that are not UTF-8, hold a newline or look like options, created and renamed.
+fn odd_names(src: &Path) {
+    write_file(&src.join(bpath(b"names/new\xff\nname")), b"odd, live");
+    rename(
+        &src.join("names/-rf"),
+        &src.join(bpath(b"names/--rf moved\n\xfe")),
+    );
+    rename(
+        &src.join(bpath(b"names/\xff\xfe")),
+        &src.join(bpath(b"nested/\xfe\xff from names")),
+    );
+}
+
 type Mutation = (&'static str, fn(&Path));
 
 /// Every mutation, in an order that keeps each one's paths valid; directory mtimes
@@ -896,6 +932,7 @@ const ALL_MUTATIONS: &[Mutation] = &[
     ("file to symlink", file_to_symlink),
     ("symlink to dir", symlink_to_dir),
     ("dir to symlink", dir_to_symlink),
+    ("odd names", odd_names),
     ("renames", rename_entries),
     ("rename over an existing name", rename_over_existing),
     (
@@ -912,6 +949,7 @@ const ALL_MUTATIONS: &[Mutation] = &[
     ("hard-link group splits", hardlink_group_splits),
     ("new fifo and device", new_special_files),
     ("mkdir, files at once", mkdir_then_files_at_once),
+    ("rename chains and swaps", rename_chains_and_swaps),
     ("dir mtimes", change_dir_mtimes),
 ];
 
@@ -963,6 +1001,26 @@ georep_test!(session_initial_sync_then_active, |t: TestDir| {
     );
     let lag = num(&st, "lag_seconds");
     assert!((0.0..30.0).contains(&lag), "lag_seconds {lag}\n{st}");
+
+    // A second start leaves the running daemon alone and starts no other.
+    let ours = || -> BTreeSet<u32> {
+        fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|&p| is_alive(p) && is_daemon_of(p, &s.home))
+            .collect()
+    };
+    let before = ours();
+    let again = s.run(&["start", "initial"]);
+    let st = s.status();
+    assert_eq!(st["pid"].as_u64(), Some(pid as u64), "{again}\n{st}");
+    assert_eq!(
+        ours(),
+        before,
+        "processes of this home after a second start\n{again}"
+    );
+    assert!(is_alive(pid), "a second start killed the daemon\n{again}");
 
     // Without a name: an array of such objects. Without --json: a table.
     let all = s.run(&["status", "--json"]);
@@ -1052,6 +1110,7 @@ georep_test!(session_live_renames_and_deletes, |t: TestDir| {
             ("move in, move out", move_in_and_out),
             ("delete and recreate", delete_and_recreate),
             ("delete a subtree", delete_subtree),
+            ("rename chains and swaps", rename_chains_and_swaps),
         ],
     );
 });
@@ -1077,6 +1136,7 @@ georep_test!(session_live_new_entries_and_mkdir_race, |t: TestDir| {
         &[
             ("new fifo and device", new_special_files),
             ("mkdir, files at once", mkdir_then_files_at_once),
+            ("odd names", odd_names),
         ],
     );
 });
@@ -1090,6 +1150,115 @@ georep_test!(session_live_all_mutations_at_once, |t: TestDir| {
     s.wait_converged("all mutations at once");
     s.stop();
     assert_converged(&s);
+});
+
+// Batches of one change and no delay: a rename's halves, a new directory and its
+// files, a type change and its contents all land in different batches.
+georep_test!(session_live_tiny_batches, |t: TestDir| {
+    build_full_tree(&t.src);
+    let s = started(&t, "tiny", &["batch_max_changes=1", "batch_delay_ms=0"]);
+    for (_, mutate) in ALL_MUTATIONS {
+        mutate(&t.src);
+    }
+    s.wait_converged("all mutations, one change per batch");
+    s.stop();
+    assert_converged(&s);
+});
+
+// Every mutation while the initial full crawl still runs: the crawl must not lose what
+// the journal records meanwhile.
+georep_test!(session_changes_during_initial_sync, |t: TestDir| {
+    build_full_tree(&t.src);
+    build_large_files(&t.src.join("bulk"), 6, 8 * MIB);
+    let s = Session::new(&t, "early");
+    s.create_ok(p(&t.dst), &[]);
+    s.start();
+    for (_, mutate) in ALL_MUTATIONS {
+        mutate(&t.src);
+    }
+    write_random(&t.src.join("bulk/large/file_0"), 8 * MIB, 4343);
+    remove(&t.src.join("bulk/large/file_1"));
+    s.wait_converged("mutations during the initial sync");
+    s.stop();
+    assert_converged(&s);
+});
+
+// A file rewritten in place over and over while the daemon ships it: whatever it sends
+// meanwhile, the slave ends with the last content (a read that saw the file change is
+// sent again, not half old, half new).
+georep_test!(session_file_changing_while_shipped, |t: TestDir| {
+    write_random(&t.src.join("hot"), 8 * MIB, 1);
+    write_file(&t.src.join("log"), b"");
+    let s = started(&t, "hot", &[]);
+    let mut rng = StdRng::seed_from_u64(seed());
+    let until = Instant::now() + Duration::from_secs(2);
+    let mut n = 0u64;
+    while Instant::now() < until {
+        n += 1;
+        let offset = rng.random_range(0..8 * MIB - 65536);
+        write_at(&t.src.join("hot"), offset, &random_bytes(n, 65536));
+        append(&t.src.join("log"), format!("line {n}\n").as_bytes());
+        thread::sleep(ms(5));
+    }
+    s.wait_converged("after the writes stopped");
+    s.stop();
+    assert_converged(&s);
+});
+
+// A graceful stop in the middle of the initial sync returns promptly; the next start
+// finishes the job.
+georep_test!(session_stop_during_initial_sync, |t: TestDir| {
+    build_large_files(&t.src, 6, 16 * MIB);
+    let s = Session::new(&t, "interrupted");
+    s.create_ok(p(&t.dst), &[]);
+    s.start();
+    thread::sleep(ms(150));
+    let start = Instant::now();
+    s.stop();
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "stop took {:?}",
+        start.elapsed()
+    );
+    s.start();
+    s.wait_converged("after the restart");
+    s.stop();
+    assert_converged(&s);
+});
+
+// Two sessions in one home, from one source to two targets: their daemons, journals and
+// status are separate.
+georep_test!(session_two_sessions_one_home, |t: TestDir| {
+    build_full_tree(&t.src);
+    let one = Session::new(&t, "one");
+    let mut two = Session::new(&t, "two");
+    two.dst = t.path("dst2");
+    one.create_ok(p(&one.dst), &[]);
+    // The second one also exercises the transfer keys.
+    two.create_ok(p(&two.dst), &["jobs=1", "fsync=file", "compress=true"]);
+    one.start();
+    two.start();
+    one.wait_converged("initial sync, one");
+    two.wait_converged("initial sync, two");
+    append_to_file(&t.src);
+    rename_entries(&t.src);
+    one.wait_converged("changes, one");
+    two.wait_converged("changes, two");
+    one.stop();
+    let st = two.status();
+    assert_eq!(
+        st["state"], "Active",
+        "stopping one stopped the other: {st}"
+    );
+    write_file(&t.src.join("after_one_stopped"), b"only two is running");
+    two.wait_converged("changes, two alone");
+    assert_absent(&one.dst.join("after_one_stopped"));
+    two.stop();
+    assert_converged(&two);
+    one.start();
+    one.wait_converged("one catches up");
+    one.stop();
+    assert_converged(&one);
 });
 
 // ---- 3. Renames travel as renames
@@ -1395,6 +1564,53 @@ georep_test!(session_ignore_deletes_keeps_deleted_files, |t: TestDir| {
     assert_no_temporaries(&t.dst);
 });
 
+// ---- sync_xattrs=false
+
+georep_test!(session_without_xattrs, |t: TestDir| {
+    write_file(&t.src.join("f"), b"content");
+    set_xattr(&t.src.join("f"), "user.before", b"1");
+    write_file(&t.src.join("d/g"), b"more");
+    set_xattr(&t.src.join("d"), "user.dir", b"2");
+    let s = Session::new(&t, "noxattrs");
+    s.create_ok(p(&t.dst), &["sync_xattrs=false"]);
+    s.start();
+    let no_xattrs = |rel: &str| {
+        let names: Vec<_> = xattr::list(t.dst.join(rel))
+            .unwrap()
+            .filter(|n| n.to_string_lossy().starts_with("user."))
+            .collect();
+        assert!(names.is_empty(), "{rel}: {names:?}");
+    };
+    s.wait_status("Active", CONVERGE, |st| {
+        st["state"] == "Active" && pending_is_zero(st)
+    });
+    set_xattr(&t.src.join("f"), "user.after", b"3");
+    append(&t.src.join("d/g"), b" and more");
+    write_file(&t.src.join("new"), b"new");
+    set_xattr(&t.src.join("new"), "user.new", b"4");
+    let deadline = Instant::now() + CONVERGE;
+    while read_file(&t.dst.join("d/g")) != b"more and more" || !t.dst.join("new").exists() {
+        assert!(Instant::now() < deadline, "{}", s.diagnostics());
+        thread::sleep(POLL);
+    }
+    s.wait_status("nothing pending", CONVERGE, pending_is_zero);
+    s.stop();
+    for rel in ["f", "d", "new"] {
+        no_xattrs(rel);
+    }
+    // Everything else is the master's: compare with a copy stripped of its xattrs.
+    let expected = t.path("expected");
+    cp_a(&t.src, &expected);
+    for rel in walk(&expected).keys() {
+        let path = full_path(&expected, rel);
+        for name in xattr::list(&path).unwrap() {
+            xattr::remove(&path, &name).unwrap();
+        }
+    }
+    assert_trees_equal(&expected, &t.dst);
+    assert_no_temporaries(&t.dst);
+});
+
 // ---- 9. exclude
 
 georep_test!(session_exclude_patterns, |t: TestDir| {
@@ -1438,6 +1654,20 @@ georep_test!(session_exclude_patterns, |t: TestDir| {
     assert_absent(&t.dst.join("nested/to_log.log"));
     assert_absent(&t.dst.join("nested/to_log.txt"));
     assert_eq!(read_file(&t.dst.join("app.txt")), b"logmore log");
+
+    // Directories too: the excluded build/ renamed to an included name arrives whole,
+    // an included directory renamed to build/ leaves the slave.
+    rename(&t.src.join("build"), &t.src.join("built"));
+    write_file(
+        &t.src.join("incl/deep/file"),
+        b"included, then renamed to build/",
+    );
+    s.wait_converged_ignoring("an included directory", &ignored, CONVERGE);
+    rename(&t.src.join("incl"), &t.src.join("build"));
+    s.wait_converged_ignoring("directory renames across the excludes", &ignored, CONVERGE);
+    assert_eq!(read_file(&t.dst.join("built/new.o")), b"excluded");
+    assert_absent(&t.dst.join("incl"));
+    assert_absent(&t.dst.join("build"));
     s.stop();
     assert_trees_equal_ignoring(&t.src, &t.dst, &ignored);
     assert_no_temporaries(&t.dst);
@@ -1472,6 +1702,21 @@ georep_test!(session_status_config_delete, |t: TestDir| {
     // create nothing.
     s.create_ok(dst, &["batch_delay_ms=250"]);
     s.create(dst, &[]).assert_code(EXIT_SESSION);
+    // Names that are not one plain path component never escape HOME/sessions.
+    for bad in ["../evil", "a/b", "..", "."] {
+        let run = s.run(&["create", "--", bad, p(&t.src), dst]);
+        assert!(
+            run.code.is_some_and(|c| c != 0),
+            "session name {bad:?} accepted\n{run}"
+        );
+    }
+    let run = s.run(&["create", "", p(&t.src), dst]);
+    assert!(
+        run.code.is_some_and(|c| c != 0),
+        "empty name accepted\n{run}"
+    );
+    assert_absent(&s.home.join("evil"));
+    assert_absent(&s.home.join("sessions/a"));
     for bad in [
         "no_such_key=1",
         "batch_max_changes=many",
@@ -1564,6 +1809,11 @@ georep_test!(session_status_config_delete, |t: TestDir| {
         .map(|st| st["session"].as_str().unwrap_or_default())
         .collect();
     assert_eq!(names, BTreeSet::from(["cfg", "env"]), "{all}");
+    let dirs: BTreeSet<String> = fs::read_dir(s.home.join("sessions"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(dirs, BTreeSet::from(["cfg".into(), "env".into()]));
 
     // delete: refused while running, then done once stopped.
     s.start();
@@ -1653,7 +1903,7 @@ fn mutate_over_ssh(src: &Path) {
 
 georep_test!(session_over_ssh, |t: TestDir| {
     // Declared before the session: dropped after it, once the daemon has stopped.
-    let sshd = Sshd::start(&t.root);
+    let mut sshd = Sshd::start(&t.root);
     build_full_tree(&t.src);
     let s = Session::new(&t, "remote");
     let identity = format!("identity={}", p(&sshd.user_key(KeyKind::Ed25519)));
@@ -1667,6 +1917,25 @@ georep_test!(session_over_ssh, |t: TestDir| {
     write_file(&t.src.join("new_dir/second"), b"second batch");
     rename_over_existing(&t.src);
     s.wait_converged("second batch over ssh");
+
+    // The slave's host goes away (sshd and the slave killed): the session turns
+    // Faulty and says why; once sshd is back it resumes.
+    sshd.kill();
+    write_file(
+        &t.src.join("new_dir/during_outage"),
+        b"written while sshd was down",
+    );
+    append_to_file(&t.src);
+    s.wait_status("Faulty while sshd is down", CONVERGE, |st| {
+        st["state"] == "Faulty" && st["last_error"].as_str().is_some_and(|e| !e.is_empty())
+    });
+    let port = sshd.port();
+    sshd.restart();
+    if sshd.port() == port {
+        s.wait_converged("after sshd came back");
+    } else {
+        eprintln!("sshd came back on another port: the session cannot reach it");
+    }
     s.stop();
     assert_converged(&s);
 });
