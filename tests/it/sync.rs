@@ -6,11 +6,10 @@ use std::path::Path;
 use std::thread;
 use std::time::Duration;
 
-use rustix::fs::FileType;
-
 use crate::support::fixture::*;
 use crate::support::fs::*;
 use crate::support::harness::{assert_absent, assert_noop};
+use crate::support::mutations::*;
 use crate::support::process::{georep, kill_group, output, spawn};
 use crate::support::tree::*;
 use crate::support::{georep_test, Stats, TestDir};
@@ -101,157 +100,6 @@ georep_test!(stray_temporaries_are_removed, |t: TestDir| {
 });
 
 // ---- One kind of change per test; `mixed_all_mutations` applies them all at once.
-
-fn content_same_size_same_second(src: &Path) {
-    touch_same_second(&src.join("files/f4096"));
-}
-
-fn append_to_file(src: &Path) {
-    append(&src.join("files/f100000"), b"appended");
-}
-
-fn truncate_file(src: &Path) {
-    truncate(&src.join("files/big3m"), 1000);
-}
-
-fn change_modes(src: &Path) {
-    chmod(&src.join("files/one"), 0o4755);
-    chmod(&src.join("modes/setuid"), 0o644);
-    chmod(&src.join("modes/sticky_dir"), 0o755);
-    chmod(&src.join("modes/all"), 0o2700);
-}
-
-fn change_owners(src: &Path) {
-    if !is_root() {
-        return;
-    }
-    lchown(&src.join("owners/file"), 42, 43);
-    lchown(&src.join("owners/link"), 0, 0);
-    // chown clears setuid: set it again, the target must end with both.
-    lchown(&src.join("owners/setuid_owned"), 1, 1);
-    chmod(&src.join("owners/setuid_owned"), 0o4750);
-}
-
-fn change_xattrs(src: &Path) {
-    set_xattr(&src.join("files/one"), "user.new", b"added");
-    set_xattr(&src.join("xattrs/file"), "user.comment", b"changed");
-    remove_xattr(&src.join("xattrs/file"), "user.binary");
-    remove_xattr(&src.join("acl/dir"), "system.posix_acl_default");
-    let acl = posix_acl(&[
-        (AclTag::UserObj, 7),
-        (AclTag::User(4321), 5),
-        (AclTag::GroupObj, 5),
-        (AclTag::Mask, 7),
-        (AclTag::Other, 1),
-    ]);
-    set_xattr(&src.join("acl/file"), "system.posix_acl_access", &acl);
-    if is_root() {
-        set_xattr(&src.join("xattrs/link"), "trusted.link", b"changed");
-        remove_xattr(&src.join("xattrs/file"), "trusted.georep");
-    }
-}
-
-fn retarget_symlinks(src: &Path) {
-    for (name, target) in [
-        ("links/relative", "../files/empty"),
-        ("links/absolute", "/etc/group"),
-    ] {
-        remove(&src.join(name));
-        symlink(target, &src.join(name));
-    }
-}
-
-fn file_to_dir(src: &Path) {
-    remove(&src.join("files/f4095"));
-    write_file(&src.join("files/f4095/inside"), b"now a directory");
-}
-
-fn dir_to_file(src: &Path) {
-    remove(&src.join("nested/a/b"));
-    write_file(&src.join("nested/a/b"), b"now a file");
-}
-
-fn file_to_symlink(src: &Path) {
-    remove(&src.join("files/empty"));
-    symlink("one", &src.join("files/empty"));
-}
-
-fn symlink_to_dir(src: &Path) {
-    remove(&src.join("links/to_dir"));
-    write_file(&src.join("links/to_dir/inside"), b"now a directory");
-}
-
-fn dir_to_symlink(src: &Path) {
-    remove(&src.join("modes/setgid_dir"));
-    symlink("../files", &src.join("modes/setgid_dir"));
-}
-
-fn rename_entries(src: &Path) {
-    rename(
-        &src.join("nested/a/sibling"),
-        &src.join("nested/sibling_moved"),
-    );
-    rename(&src.join("names"), &src.join("names_renamed"));
-}
-
-fn rename_over_existing(src: &Path) {
-    // A different content and size lands on an existing name.
-    rename(&src.join("files/f4096"), &src.join("files/f100000"));
-}
-
-fn delete_subtree(src: &Path) {
-    remove(&src.join("deep"));
-}
-
-fn hardlink_group_appears(src: &Path) {
-    write_file(&src.join("hardlinks/new_1"), b"new group");
-    hard_link(&src.join("hardlinks/new_1"), &src.join("nested/new_2"));
-    // A file the target already has as a single inode joins a group.
-    hard_link(&src.join("modes/all"), &src.join("hardlinks/all_link"));
-}
-
-fn hardlink_group_grows(src: &Path) {
-    hard_link(
-        &src.join("hardlinks/pair_a"),
-        &src.join("hardlinks/more/pair_c"),
-    );
-}
-
-fn hardlink_group_shrinks(src: &Path) {
-    remove(&src.join("hardlinks/more/tri_3"));
-}
-
-fn hardlink_group_moves(src: &Path) {
-    rename(
-        &src.join("hardlinks/tri_1"),
-        &src.join("nested/tri_1_moved"),
-    );
-}
-
-fn hardlink_group_splits(src: &Path) {
-    // pair_b becomes an independent copy with the same content and metadata.
-    let tmp = src.join("hardlinks/tmp");
-    cp_a(&src.join("hardlinks/pair_b"), &tmp);
-    rename(&tmp, &src.join("hardlinks/pair_b"));
-}
-
-fn change_dir_mtimes(src: &Path) {
-    set_mtime_ns(&src.join("nested/empty_dir"), 1_234_567_890, 987_654_321);
-    set_mtime_ns(src, 1_300_000_000, 1);
-}
-
-fn new_special_files(src: &Path) {
-    mkfifo(&src.join("special/fifo2"), 0o600);
-    if is_root() {
-        mknod(
-            &src.join("special/chardev2"),
-            FileType::CharacterDevice,
-            0o644,
-            1,
-            5,
-        );
-    }
-}
 
 georep_test!(change_content_same_size_same_second, |t: TestDir| {
     let stats = resync_after(&t, content_same_size_same_second);

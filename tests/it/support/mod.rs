@@ -7,6 +7,7 @@
 pub mod fixture;
 pub mod fs;
 pub mod harness;
+pub mod mutations;
 pub mod process;
 pub mod sshd;
 pub mod tree;
