@@ -241,6 +241,8 @@ struct Daemon {
     last_full: Instant,
     /// Bytes sent over connections already closed.
     bytes_before: u64,
+    /// A round succeeded since the last fault: the backoff starts over.
+    recovered: bool,
 }
 
 impl Daemon {
@@ -308,6 +310,7 @@ impl Daemon {
             recorder,
             last_full: Instant::now(),
             bytes_before: 0,
+            recovered: false,
         })
     }
 
@@ -356,7 +359,15 @@ impl Daemon {
             self.bytes_before += r.traffic().0;
             match r.close(outcome) {
                 Ok(()) => break,
-                Err(e) => self.fault(&e.to_string(), &mut backoff),
+                Err(e) => {
+                    self.fault(&e.to_string(), &mut backoff);
+                    // A batch that keeps failing may be one a targeted merge
+                    // cannot apply (say, an entry the slave refuses in its
+                    // current shape): let a full crawl try from the top.
+                    if backoff >= Duration::from_secs(8) {
+                        full_owed = true;
+                    }
+                }
             }
         }
         self.status.state = State::Stopped;
@@ -372,6 +383,9 @@ impl Daemon {
     }
 
     fn fault(&mut self, why: &str, backoff: &mut Duration) {
+        if std::mem::take(&mut self.recovered) {
+            *backoff = Duration::from_secs(1);
+        }
         log(&format!("faulty: {why}; retrying in {backoff:?}"));
         self.status.state = State::Faulty;
         self.status.failures += 1;
@@ -479,6 +493,7 @@ impl Daemon {
     }
 
     fn synced(&mut self, rep: &Reporter, r: &Replicator) {
+        self.recovered = true;
         self.status.state = State::Active;
         self.status.crawl = Some(Crawl::Changelog);
         self.status.last_error = None;
