@@ -211,7 +211,9 @@ impl Transport for Russh {
 
         let (mut read_half, write_half) = channel.split();
         let (in_tx, in_rx) = mpsc::channel::<Vec<u8>>(64);
-        let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(64);
+        // Writes arrive in chunks of up to 1 MiB (the sender's buffer): a
+        // short queue keeps memory bounded without starving the session.
+        let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(4);
         // Us → slave; closing our writer sends EOF.
         let pump_out = rt.spawn(async move {
             while let Some(buf) = out_rx.recv().await {
