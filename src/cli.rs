@@ -190,7 +190,8 @@ pub struct SshArgs {
     /// Run this command instead of the built-in SSH client, e.g. "ssh -o ControlMaster=auto".
     #[arg(short = 'e', long, value_name = "COMMAND")]
     pub ssh_command: Option<String>,
-    /// The georep binary on the slave host (default: georep on its PATH).
+    /// The georep binary on the slave host (default: georep on its PATH); for a
+    /// local target, the binary run as the slave (default: this one).
     #[arg(long, value_name = "PATH")]
     pub remote_command: Option<String>,
 }

@@ -5,7 +5,9 @@
 //! full (first start) or catch-up (restart) round, and from then on ships the
 //! journal in batches. The marker advances only after a round's durable
 //! Finished, so a crash at any point replays the unacked tail, and every
-//! round is idempotent. Failures retry with exponential backoff (state
+//! round is idempotent. Later full crawls (periodic reconciliation, lost
+//! events) are taken in slices between live batches, so changes keep flowing
+//! while a large tree is compared. Failures retry with exponential backoff (state
 //! Faulty meanwhile) and resume where the marker is.
 
 use std::io::Write;
@@ -21,7 +23,7 @@ use crate::error::Exit;
 use crate::journal::{self, Change, Journal, Marker, Op, Writer};
 use crate::session::{write_atomic, Session, SessionConfig, SessionError};
 use crate::sync::report::Reporter;
-use crate::sync::{Replicator, Scope};
+use crate::sync::{self, Replicator, Scope};
 use crate::watch::Recorder;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -239,6 +241,11 @@ struct Daemon {
     writer: Option<Writer>,
     recorder: Option<Recorder>,
     last_full: Instant,
+    /// A paced full crawl in progress (periodic reconciliation, or one a
+    /// live batch asked for), taken in slices between live batches.
+    crawl: Option<sync::Crawl>,
+    /// Another paced crawl is owed once the current one (if any) ends.
+    crawl_owed: bool,
     /// Bytes sent over connections already closed.
     bytes_before: u64,
     /// A round succeeded since the last fault: the backoff starts over.
@@ -309,6 +316,8 @@ impl Daemon {
             writer: Some(writer),
             recorder,
             last_full: Instant::now(),
+            crawl: None,
+            crawl_owed: false,
             bytes_before: 0,
             recovered: false,
         })
@@ -356,6 +365,12 @@ impl Daemon {
                 }
             };
             let outcome = self.serve(&mut r, &rep, &mut full_owed);
+            if outcome.is_err() {
+                // The slice in flight is lost with the connection: start over.
+                if self.crawl.take().is_some() {
+                    self.crawl_owed = true;
+                }
+            }
             self.bytes_before += r.traffic().0;
             match r.close(outcome) {
                 Ok(()) => break,
@@ -422,10 +437,11 @@ impl Daemon {
                 interval = if interval == 0 { 60 } else { interval.min(60) };
             }
             if interval > 0 && self.last_full.elapsed() >= Duration::from_secs(interval) {
-                *full_owed = true;
+                self.crawl_owed = true;
             }
             if *full_owed {
-                // Everything recorded so far is covered by a crawl that starts now.
+                // The start-up (or recovery) crawl, not paced: everything
+                // recorded so far is covered by a crawl that starts now.
                 let upto = self.journal.last_seq().map_err(jerr)?;
                 if self.status.state != State::Initializing {
                     self.status.crawl = Some(Crawl::Full);
@@ -440,9 +456,47 @@ impl Daemon {
                     })
                     .map_err(jerr)?;
                 *full_owed = false;
+                self.crawl = None;
+                self.crawl_owed = false;
                 self.last_full = Instant::now();
                 self.synced(rep, r);
                 continue;
+            }
+            if self.crawl.is_none() && std::mem::take(&mut self.crawl_owed) {
+                log("reconciling: crawling the whole tree between live changes");
+                self.crawl = Some(sync::Crawl::new());
+                self.last_full = Instant::now();
+            }
+            // Live changes are due once the oldest has waited a batch delay;
+            // a crawl slice asks every 50 ms (a journal query each time).
+            let delay = self.config.batch_delay().as_nanos() as i64;
+            let asked = std::cell::Cell::new(Instant::now());
+            let live_due = || {
+                let oldest = self.journal.oldest_pending_ns().ok().flatten();
+                oldest.is_some_and(|t| journal::now_ns() - t >= delay)
+            };
+            let yield_now = || {
+                asked.get().elapsed() >= Duration::from_millis(50) && {
+                    asked.set(Instant::now());
+                    live_due()
+                }
+            };
+            if !live_due() {
+                if let Some(crawl) = self.crawl.as_mut() {
+                    let before = rep.counters.errors.load(Relaxed);
+                    let outcome = r.crawl_slice(crawl, &yield_now)?;
+                    let failed = rep.counters.errors.load(Relaxed) - before;
+                    if failed > 0 {
+                        return Err(crate::error::Error::Partial { failed });
+                    }
+                    self.crawl_owed |= outcome.needs_full;
+                    if crawl.done() {
+                        log(&format!("reconciled in {} slice(s)", crawl.slices));
+                        self.crawl = None;
+                    }
+                    self.synced(rep, r);
+                    continue;
+                }
             }
             let marker = self.journal.marker().map_err(jerr)?;
             let max = self.config.batch_max_changes as usize;
@@ -481,9 +535,11 @@ impl Daemon {
             match plan(&batch) {
                 Some(scope) => {
                     let outcome = round(r, &scope)?;
-                    *full_owed |= outcome.needs_full;
+                    self.crawl_owed |= outcome.needs_full;
                 }
-                None => *full_owed = true,
+                // Events were lost (a queue overflow): only a crawl finds
+                // what they were. Later changes keep flowing meanwhile.
+                None => self.crawl_owed = true,
             }
             self.journal.ack(ack).map_err(jerr)?;
             let retention = Duration::from_secs(self.config.journal_retention);
@@ -495,7 +551,10 @@ impl Daemon {
     fn synced(&mut self, rep: &Reporter, r: &Replicator) {
         self.recovered = true;
         self.status.state = State::Active;
-        self.status.crawl = Some(Crawl::Changelog);
+        self.status.crawl = Some(match self.crawl {
+            Some(_) => Crawl::Full,
+            None => Crawl::Changelog,
+        });
         self.status.last_error = None;
         self.status.files_synced = rep.counters.files_transferred.load(Relaxed);
         self.status.bytes_sent = self.bytes_before + r.traffic().0;

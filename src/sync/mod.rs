@@ -83,6 +83,31 @@ pub enum Scope {
     },
 }
 
+/// A full crawl taken in slices, so that a daemon can ship live changes
+/// between them ([`Replicator::crawl_slice`]). Between slices it keeps the
+/// directories still to visit (their listings and metadata are taken afresh
+/// when resumed: the tree may have changed meanwhile) and the hard-link
+/// leaders placed so far, so that a group spanning slices stays one inode.
+#[derive(Default)]
+pub struct Crawl {
+    started: bool,
+    stack: Vec<DirTask>,
+    links: HashMap<(u64, u64), Leader>,
+    /// Slices taken so far.
+    pub slices: u64,
+}
+
+impl Crawl {
+    pub fn new() -> Crawl {
+        Crawl::default()
+    }
+
+    /// Whether the whole tree has been visited.
+    pub fn done(&self) -> bool {
+        self.started && self.stack.is_empty()
+    }
+}
+
 /// What a round learned besides its changes.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RoundOutcome {
@@ -122,19 +147,50 @@ impl Replicator {
         })
     }
 
-    /// One round; returns once the slave has durably applied it.
-    pub fn round(&mut self, scope: &Scope) -> Result<RoundOutcome> {
+    /// A planner for the next round.
+    fn planner(&mut self) -> Planner<'_> {
         // The source changed since the last round: cached handles may name
         // directories that moved or were replaced.
         self.source.invalidate();
-        let mut p = Planner::new(
+        Planner::new(
             &self.opts,
             &self.conn,
             &self.rep,
             &mut self.source,
             &self.hello,
-        );
-        p.run(scope)?;
+        )
+    }
+
+    /// One round; returns once the slave has durably applied it.
+    pub fn round(&mut self, scope: &Scope) -> Result<RoundOutcome> {
+        let mut p = self.planner();
+        let stack = p.first_tasks(scope)?;
+        p.run(stack, None)?;
+        Ok(RoundOutcome {
+            needs_full: p.needs_full,
+        })
+    }
+
+    /// Walks on with a sliced full crawl until it is done or `yield_now`
+    /// says live changes are waiting (asked after each directory, so a slice
+    /// covers at least one), then ends the round like any other: durably
+    /// applied.
+    pub fn crawl_slice(
+        &mut self,
+        crawl: &mut Crawl,
+        yield_now: &dyn Fn() -> bool,
+    ) -> Result<RoundOutcome> {
+        let mut p = self.planner();
+        let stack = if crawl.started {
+            std::mem::take(&mut crawl.stack)
+        } else {
+            crawl.started = true;
+            p.first_tasks(&Scope::Full)?
+        };
+        p.links = std::mem::take(&mut crawl.links);
+        crawl.slices += 1;
+        crawl.stack = p.run(stack, Some(yield_now))?;
+        crawl.links = std::mem::take(&mut p.links);
         Ok(RoundOutcome {
             needs_full: p.needs_full,
         })
@@ -193,6 +249,8 @@ struct DirTask {
     slave: Listing,
     /// Merge existing subdirectories too (always, below a created one).
     recurse: bool,
+    /// Resumed by a later crawl slice: `master` may be stale.
+    restat: bool,
 }
 
 enum Listing {
@@ -262,31 +320,42 @@ impl<'a> Planner<'a> {
         }
     }
 
-    fn run(&mut self, scope: &Scope) -> Result<()> {
-        let stack = match scope {
+    /// The directories a round starts from (sending a targeted round's renames).
+    fn first_tasks(&mut self, scope: &Scope) -> Result<Vec<DirTask>> {
+        match scope {
             Scope::Full => {
                 let master = self.source_root_entry()?;
                 let rx = self.list(Vec::new())?;
-                vec![DirTask {
+                Ok(vec![DirTask {
                     rel: Vec::new(),
                     master,
                     slave: Listing::Requested(rx),
                     recurse: true,
-                }]
+                    restat: false,
+                }])
             }
             Scope::Changes { renames, dirs } => {
                 self.targeted = true;
                 for (from, to) in renames {
                     self.rename(from, to)?;
                 }
-                self.targeted_tasks(dirs)?
+                self.targeted_tasks(dirs)
             }
-        };
+        }
+    }
+
+    /// Walks from `stack` (until `yield_now` says stop), then finishes the
+    /// round; returns the directories left to visit, ready to be resumed.
+    fn run(
+        &mut self,
+        stack: Vec<DirTask>,
+        yield_now: Option<&dyn Fn() -> bool>,
+    ) -> Result<Vec<DirTask>> {
         let (tx, rx) = mpsc::sync_channel::<DataJob>(self.opts.jobs * 4);
         let rx = Arc::new(Mutex::new(rx));
         self.jobs = Some(tx);
         let (conn, rep, o) = (self.conn, self.rep, self.job_opts);
-        std::thread::scope(|scope| -> Result<()> {
+        let left = std::thread::scope(|scope| -> Result<Vec<DirTask>> {
             let rx = rx;
             let workers: Vec<_> = (0..self.opts.jobs)
                 .map(|_| {
@@ -304,17 +373,19 @@ impl<'a> Planner<'a> {
             // stop (connection lost), the planner's next send fails instead of
             // blocking forever.
             drop(rx);
-            let walked = self.walk(stack);
+            let walked = self.walk(stack, yield_now);
             // Closing the queue lets the workers finish what is queued and stop.
             self.jobs = None;
-            let mut first_err = walked.err();
+            let mut first_err = None;
+            let left = walked.map_err(|e| first_err = Some(e)).ok();
             for w in workers {
                 if let Err(e) = w.join().expect("worker panicked") {
                     first_err.get_or_insert(e);
                 }
             }
-            first_err.map_or(Ok(()), Err)
+            first_err.map_or(Ok(left.unwrap_or_default()), Err)
         })?;
+        let left = self.suspend(left)?;
         self.settle_retries()?;
         for (path, target) in std::mem::take(&mut self.deferred_links) {
             self.rep.item('=', &path);
@@ -322,7 +393,7 @@ impl<'a> Planner<'a> {
         }
         let rx = self.conn.request(CONTROL, &Msg::Finish)?;
         match self.conn.wait(&rx)? {
-            Msg::Finished => Ok(()),
+            Msg::Finished => Ok(left),
             other => Err(Error::Protocol(format!("unexpected reply {other:?}"))),
         }
     }
@@ -412,17 +483,9 @@ impl<'a> Planner<'a> {
             if covered.iter().any(under) || self.excluded_path(&rel, true) {
                 continue;
             }
-            let master = if rel.is_empty() {
-                self.source_root_entry()?
-            } else {
-                let Ok((dir, name)) = self.source.parent(&rel) else {
-                    continue;
-                };
-                match meta::stat_entry(dir.as_fd(), name, self.scan) {
-                    Ok(e) if e.kind == Kind::Dir => e,
-                    // Gone or no longer a directory: its parent's merge settles it.
-                    _ => continue,
-                }
+            // Gone or no longer a directory: its parent's merge settles it.
+            let Some(master) = self.dir_entry(&rel)? else {
+                continue;
             };
             if recurse {
                 covered.push(rel.clone());
@@ -432,6 +495,7 @@ impl<'a> Planner<'a> {
                 master,
                 slave: Listing::Pending,
                 recurse,
+                restat: false,
             });
         }
         // A stack: the first (shallowest) directory is processed first.
@@ -453,9 +517,21 @@ impl<'a> Planner<'a> {
             || (!rel.is_empty() && ex.excluded(rel, is_dir))
     }
 
-    /// Depth-first walk with listings requested up to LOOKAHEAD directories ahead.
-    fn walk(&mut self, mut stack: Vec<DirTask>) -> Result<()> {
-        while let Some(task) = stack.pop() {
+    /// Depth-first walk with listings requested up to LOOKAHEAD directories
+    /// ahead; returns what is left when `yield_now` said stop.
+    fn walk(
+        &mut self,
+        mut stack: Vec<DirTask>,
+        yield_now: Option<&dyn Fn() -> bool>,
+    ) -> Result<Vec<DirTask>> {
+        while let Some(mut task) = stack.pop() {
+            if task.restat {
+                match self.dir_entry(&task.rel)? {
+                    Some(e) => task.master = e,
+                    // Gone or replaced since the crawl saw it: live changes own it now.
+                    None => continue,
+                }
+            }
             let slave = match task.slave {
                 Listing::Requested(rx) => {
                     self.in_flight -= 1;
@@ -499,8 +575,38 @@ impl<'a> Planner<'a> {
                     t.slave = Listing::Requested(rx);
                 }
             }
+            if yield_now.is_some_and(|y| y()) {
+                break;
+            }
         }
-        Ok(())
+        Ok(stack)
+    }
+
+    /// Readies the directories a sliced crawl left for a later slice:
+    /// listings already asked for are collected and dropped (changes shipped
+    /// meanwhile would make them stale), as is what the parent's scan said.
+    fn suspend(&mut self, mut left: Vec<DirTask>) -> Result<Vec<DirTask>> {
+        for t in &mut left {
+            if let Listing::Requested(rx) = std::mem::replace(&mut t.slave, Listing::Pending) {
+                self.in_flight -= 1;
+                self.receive_listing(&rx)?;
+            }
+            t.restat = true;
+        }
+        Ok(left)
+    }
+
+    /// A source directory's entry, None if it is gone or no longer a directory.
+    fn dir_entry(&mut self, rel: &[u8]) -> Result<Option<Entry>> {
+        if rel.is_empty() {
+            return self.source_root_entry().map(Some);
+        }
+        let Ok((dir, name)) = self.source.parent(rel) else {
+            return Ok(None);
+        };
+        Ok(meta::stat_entry(dir.as_fd(), name, self.scan)
+            .ok()
+            .filter(|e| e.kind == Kind::Dir))
     }
 
     /// Collects one directory's listing: its own entry (None if it does not
@@ -687,6 +793,7 @@ impl<'a> Planner<'a> {
                     master: m,
                     slave,
                     recurse: true,
+                    restat: false,
                 });
             }
             Kind::Regular => changed |= self.regular(path, dir, m, s)?,

@@ -103,8 +103,11 @@ pub fn remote_command_line(remote: Option<&str>, place: &Place) -> String {
 pub fn for_target(target: &Target, ssh: &SshOptions) -> Result<Box<dyn Transport>> {
     match target {
         Target::Local(root) => Ok(Box::new(ChildProcess {
-            program: std::env::current_exe()
-                .map_err(|e| Error::io("locating the georep binary", e))?,
+            program: match &ssh.remote_command {
+                Some(p) => PathBuf::from(p),
+                None => std::env::current_exe()
+                    .map_err(|e| Error::io("locating the georep binary", e))?,
+            },
             args: vec!["slave".into(), "--root".into()],
             last: Some(root.clone().into_os_string()),
             is_ssh: false,
