@@ -539,7 +539,10 @@ impl Daemon {
                 }
                 // Events were lost (a queue overflow): only a crawl finds
                 // what they were. Later changes keep flowing meanwhile.
-                None => self.crawl_owed = true,
+                None => {
+                    log("events were lost (inotify queue overflow): reconciling with a crawl");
+                    self.crawl_owed = true;
+                }
             }
             self.journal.ack(ack).map_err(jerr)?;
             let retention = Duration::from_secs(self.config.journal_retention);

@@ -1384,6 +1384,48 @@ georep_test!(session_slave_drift_repaired_by_full_crawl, |t: TestDir| {
     assert_converged(&s);
 });
 
+// ---- 7b. An inotify queue overflow: the events lost are found by a crawl
+
+georep_test!(session_inotify_queue_overflow_converges, |t: TestDir| {
+    build_full_tree(&t.src);
+    let s = started(&t, "overflow", &[]);
+    let pid = s.daemon_pid().expect("daemon pid");
+    let queue: u64 = fs::read_to_string("/proc/sys/fs/inotify/max_queued_events")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(16_384);
+    if queue > 4_000_000 {
+        eprintln!("skipped: max_queued_events is {queue}, too many events to overflow");
+        return;
+    }
+    // Frozen, the daemon reads no events: more than the kernel queue holds
+    // overflow it. Alternating names keep the kernel from merging them.
+    signal(pid, Signal::STOP);
+    let (a, b) = (t.src.join("files/one"), t.src.join("files/empty"));
+    for i in 0..queue + 1_000 {
+        chmod(
+            if i % 2 == 0 { &a } else { &b },
+            0o600 + (i % 2) as u32 * 0o44,
+        );
+    }
+    // Made after the overflow: only a crawl can see these.
+    for i in 0..200 {
+        write_file(&t.src.join(format!("lost/f{i}")), format!("{i}").as_bytes());
+    }
+    rename_entries(&t.src);
+    delete_subtree(&t.src);
+    change_modes(&t.src);
+    signal(pid, Signal::CONT);
+    s.wait_converged_ignoring("after the overflow", &[], Duration::from_secs(60));
+    let log = s.log_tail();
+    assert!(
+        log.contains("events were lost"),
+        "the daemon should have seen the overflow\n{log}"
+    );
+    s.stop();
+    assert_converged(&s);
+});
+
 // ---- 8. ignore_deletes (set through `config`: it takes effect at the next start)
 
 georep_test!(session_ignore_deletes_keeps_deleted_files, |t: TestDir| {
