@@ -375,7 +375,14 @@ impl Daemon {
             match r.close(outcome) {
                 Ok(()) => break,
                 Err(e) => {
-                    self.fault(&e.to_string(), &mut backoff);
+                    // "N entries failed" alone does not say what to fix.
+                    let why = match (&e, rep.last_error()) {
+                        (crate::error::Error::Partial { .. }, Some(last)) => {
+                            format!("{e}; last: {last}")
+                        }
+                        _ => e.to_string(),
+                    };
+                    self.fault(&why, &mut backoff);
                     // A batch that keeps failing may be one a targeted merge
                     // cannot apply (say, an entry the slave refuses in its
                     // current shape): let a full crawl try from the top.

@@ -46,6 +46,8 @@ pub struct Reporter {
     verbose_to_stderr: bool,
     bar: Option<ProgressBar>,
     pub started: Instant,
+    /// The latest entry failure, for a status line.
+    last_error: std::sync::Mutex<Option<String>>,
 }
 
 impl Reporter {
@@ -67,6 +69,7 @@ impl Reporter {
             verbose_to_stderr: json,
             bar,
             started: Instant::now(),
+            last_error: Default::default(),
         }
     }
 
@@ -94,7 +97,13 @@ impl Reporter {
     /// A failure of one entry: counted, printed, the run goes on.
     pub fn error(&self, msg: &str) {
         self.counters.errors.fetch_add(1, Relaxed);
+        *self.last_error.lock().unwrap() = Some(msg.to_string());
         self.print(true, &format!("georep: {msg}"));
+    }
+
+    /// The latest entry failure reported with [`Reporter::error`].
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().unwrap().clone()
     }
 
     pub fn warn(&self, msg: &str) {

@@ -1426,6 +1426,71 @@ georep_test!(session_inotify_queue_overflow_converges, |t: TestDir| {
     assert_converged(&s);
 });
 
+// ---- 7c. The slave's disk fills up, then space is freed
+
+/// A tmpfs mounted on a directory for the test's lifetime.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// None (the caller skips) where mounting is not allowed.
+    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        mkdir(dir);
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "georep-it"])
+            .arg(dir)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(dir.to_owned()))
+    }
+
+    fn resize(&self, size: &str) {
+        let st = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .expect("run mount");
+        assert!(st.success(), "remount {} to {size}", show(&self.0));
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+georep_test!(session_slave_disk_full_then_freed, |t: TestDir| {
+    let Some(disk) = Tmpfs::mount(&t.dst, "4m") else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    for i in 0..20 {
+        write_random(&t.src.join(format!("small/f{i}")), 10_000, i);
+    }
+    let s = started(&t, "full", &[]);
+    // Bigger than the slave's free space: its temporary hits ENOSPC.
+    write_random(&t.src.join("big"), 6 * MIB, 1);
+    write_file(&t.src.join("small/after"), b"queued behind the big file");
+    // From the second failure on, the daemon naps 2 s or more with no slave
+    // running: nothing may be left on the target then.
+    s.wait_status("Faulty on a full disk", CONVERGE, |st| {
+        st["state"] == "Faulty"
+            && num(st, "failures") >= 2.0
+            && st["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("No space left"))
+    });
+    // Never a partial file: neither the big file nor a temporary of it.
+    assert_absent(&t.dst.join("big"));
+    assert_no_temporaries(&t.dst);
+    disk.resize("64m");
+    s.wait_converged_ignoring("space freed", &[], Duration::from_secs(90));
+    s.stop();
+    assert_converged(&s);
+    drop(disk);
+});
+
 // ---- 8. ignore_deletes (set through `config`: it takes effect at the next start)
 
 georep_test!(session_ignore_deletes_keeps_deleted_files, |t: TestDir| {
