@@ -8,9 +8,9 @@
 //! wait that times out prints the remaining differences, the status and the tail of
 //! the daemon's log (`HOME/sessions/NAME/daemon.log`).
 //!
-//! `GEOREP_IT_BIG=1` runs the volume tests at the sizes of the issue (10,000 files in
-//! the renamed directory, 100,000 creates in the burst); `GEOREP_IT_SEED=N` replays
-//! the SIGKILL test's random choices.
+//! The volume tests run at the sizes of the issue (10,000 files in the renamed
+//! directory, 100,000 creates in the burst). The SIGKILL test kills 15 times, 50
+//! with `GEOREP_IT_BIG=1`; `GEOREP_IT_SEED=N` replays its random choices.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
@@ -1113,7 +1113,7 @@ georep_test!(session_two_sessions_one_home, |t: TestDir| {
 // ---- 3. Renames travel as renames
 
 georep_test!(session_directory_rename_is_a_rename, |t: TestDir| {
-    let n: u64 = if big() { 10_000 } else { 2_000 };
+    let n: u64 = 10_000;
     const SIZE: u64 = 4096;
     let many = t.src.join("many");
     mkdir(&many);
@@ -1179,7 +1179,7 @@ georep_test!(session_directory_rename_is_a_rename, |t: TestDir| {
 // ---- 4. A burst of creates
 
 georep_test!(session_burst_of_creates, |t: TestDir| {
-    let (dirs, per) = if big() { (100, 1000) } else { (100, 200) };
+    let (dirs, per) = (100, 1000);
     write_file(&t.src.join("before"), b"before the burst");
     let s = started(&t, "burst", &[]);
     for d in 0..dirs {
@@ -1328,7 +1328,7 @@ georep_test!(session_sigkill_during_changes_then_restart, |t: TestDir| {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut stream = Stream::new(&t.src);
     s.start();
-    for round in 0..5 {
+    for round in 0..if big() { 50 } else { 15 } {
         // The first kill interrupts the initial sync.
         let delay = ms(if round == 0 {
             rng.random_range(20..400)
