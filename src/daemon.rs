@@ -518,17 +518,12 @@ impl Daemon {
                 self.nap(self.config.batch_delay() - age);
                 batch = self.journal.read_after(marker.seq, max).map_err(jerr)?;
             }
-            // A rename's halves (From, To, Both) and the changes inotify
-            // reports under the old name right after it arrive together but
-            // may straddle a journal commit: never cut a batch just after one.
+            // A rename's halves (From, To, Both) may straddle a journal
+            // commit, and inotify reports changes inside a just-renamed
+            // directory under its old name for a moment: do not cut a batch
+            // right after an incomplete rename or a directory's rename.
             for _ in 0..5 {
-                let now = journal::now_ns();
-                let settling = batch
-                    .iter()
-                    .rev()
-                    .take_while(|c| now - c.time_ns < 50_000_000)
-                    .any(|c| matches!(c.op, Op::MovedFrom | Op::MovedTo | Op::Rename));
-                if !settling || batch.len() >= max {
+                if batch.len() >= max || !unsettled(&batch, &self.config.source) {
                     break;
                 }
                 self.nap(Duration::from_millis(20));
@@ -569,6 +564,28 @@ impl Daemon {
         self.status.files_synced = rep.counters.files_transferred.load(Relaxed);
         self.status.bytes_sent = self.bytes_before + r.traffic().0;
         self.publish();
+    }
+}
+
+/// Whether the batch's latest rename (within the last 50 ms) may still be
+/// followed by events that belong with it: its other halves (Both comes
+/// last) or, for a directory, changes inside it under the old name.
+fn unsettled(batch: &[Change], source: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let now = journal::now_ns();
+    let latest = batch
+        .iter()
+        .rev()
+        .take_while(|c| now - c.time_ns < 50_000_000)
+        .find(|c| matches!(c.op, Op::MovedFrom | Op::MovedTo | Op::Rename));
+    match latest {
+        None => false,
+        Some(c) if c.op != Op::Rename => true,
+        Some(c) => {
+            let to = c.path2.as_deref().unwrap_or_default();
+            let path = source.join(std::ffi::OsStr::from_bytes(to));
+            std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir())
+        }
     }
 }
 
