@@ -250,7 +250,14 @@ impl<W: Write> Agent<W> {
                 path,
                 xattrs,
                 checksum,
-            } => self.list_dir(id, &path, xattrs, checksum),
+            } => self.list_dir(id, &path, None, xattrs, checksum),
+            Msg::ListNames {
+                id,
+                path,
+                names,
+                xattrs,
+                checksum,
+            } => self.list_dir(id, &path, Some(&names), xattrs, checksum),
             Msg::Mkdir { path } => self.mkdir(&path),
             Msg::Symlink { path, target, meta } => {
                 self.replace_with(&path, Kind::Symlink, &meta, |dir, tmp| {
@@ -384,7 +391,20 @@ impl<W: Write> Agent<W> {
         Ok(())
     }
 
-    fn list_dir(&mut self, id: u64, path: &[u8], xattrs: bool, checksum: bool) -> Step {
+    /// Lists a directory: all of it, or only `names` (those that exist).
+    fn list_dir(
+        &mut self,
+        id: u64,
+        path: &[u8],
+        names: Option<&[Vec<u8>]>,
+        xattrs: bool,
+        checksum: bool,
+    ) -> Step {
+        for n in names.unwrap_or_default() {
+            if confine::components(n)?.len() != 1 {
+                return Err(fatal(format!("bad name {} in a listing", show(n))));
+            }
+        }
         let Some(h) = &self.master else {
             return Err(fatal("message before hello"));
         };
@@ -419,7 +439,20 @@ impl<W: Write> Agent<W> {
         };
         let name = path.rsplit(|&b| b == b'/').next().unwrap_or(b"").to_vec();
         let this = meta::entry_from_stat(name, &st, Vec::new(), own_xattrs, None);
-        let (entries, temps) = meta::scan_dir(dir.as_fd(), opts).at(path)?;
+        let (entries, temps) = match names {
+            None => meta::scan_dir(dir.as_fd(), opts).at(path)?,
+            Some(names) => {
+                let mut entries = Vec::new();
+                for n in names.iter().filter(|n| !meta::is_temp_name(n)) {
+                    match meta::stat_entry(dir.as_fd(), n, opts) {
+                        Ok(e) => entries.push(e),
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(e).at(&confine::join(path, n)),
+                    }
+                }
+                (entries, Vec::new())
+            }
+        };
         if !dry_run {
             // Leftovers of a killed run: we hold the replica's lock, so they are stale.
             for t in temps {

@@ -23,7 +23,7 @@ use crate::error::Exit;
 use crate::journal::{self, Change, Journal, Marker, Op, Writer};
 use crate::session::{write_atomic, Session, SessionConfig, SessionError};
 use crate::sync::report::Reporter;
-use crate::sync::{self, Replicator, Scope};
+use crate::sync::{self, Reach, Replicator, Scope};
 use crate::watch::Recorder;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -589,19 +589,25 @@ fn unsettled(batch: &[Change], source: &std::path::Path) -> bool {
     }
 }
 
-fn parent(p: &[u8]) -> Vec<u8> {
-    match p.iter().rposition(|&b| b == b'/') {
-        Some(i) => p[..i].to_vec(),
-        None => Vec::new(),
+/// An entry as one name of its parent directory (the root: its own metadata).
+fn entry_of(path: &[u8]) -> (Vec<u8>, Reach) {
+    match path.iter().rposition(|&b| b == b'/') {
+        _ if path.is_empty() => (Vec::new(), Reach::Names(Vec::new())),
+        Some(i) => (
+            path[..i].to_vec(),
+            Reach::Names(vec![path[i + 1..].to_vec()]),
+        ),
+        None => (Vec::new(), Reach::Names(vec![path.to_vec()])),
     }
 }
 
-/// Turns a batch into a round: renames in journal order, then the
-/// directories whose entries changed (and new or moved-in directories,
-/// whole). None asks for a full crawl (the recorder lost events at the root).
+/// Turns a batch into a round: renames in journal order, then the entries
+/// the batch named, each merged with its parent's metadata (and new or
+/// moved-in directories whole). None asks for a full crawl (the recorder
+/// lost events at the root).
 pub fn plan(batch: &[Change]) -> Option<Scope> {
     let mut renames: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-    let mut dirs: Vec<(Vec<u8>, bool)> = Vec::new();
+    let mut dirs: Vec<(Vec<u8>, Reach)> = Vec::new();
     // A rename inside the tree also arrives as a From and a To: the rename
     // op moves the tree on the slave, so its destination needs no deep merge.
     let moved_to: std::collections::HashSet<&[u8]> = batch
@@ -615,35 +621,31 @@ pub fn plan(batch: &[Change]) -> Option<Scope> {
         let path = follow(&renames, &c.path);
         match c.op {
             Op::Rescan if path.is_empty() => return None,
-            Op::Rescan => dirs.push((path, true)),
+            Op::Rescan => dirs.push((path, Reach::Tree)),
             Op::Rename => {
                 let to = c.path2.clone().unwrap_or_default();
-                dirs.push((parent(&path), false));
-                dirs.push((parent(&to), false));
+                dirs.push(entry_of(&path));
+                dirs.push(entry_of(&to));
                 // Whole, if a directory: changes made inside it while its
                 // watches moved may not have been seen at all.
-                dirs.push((to.clone(), true));
+                dirs.push((to.clone(), Reach::Tree));
                 renames.push((path, to));
             }
-            Op::MovedTo if moved_to.contains(c.path.as_slice()) => {
-                dirs.push((parent(&path), false));
-            }
+            Op::MovedTo if moved_to.contains(c.path.as_slice()) => dirs.push(entry_of(&path)),
             // Created or moved in: if it is a directory, its contents may
             // predate its watch, so it is merged whole. (Non-directories
             // among these are dropped when the round stats them.)
             Op::Create | Op::Mkdir | Op::MovedTo => {
-                dirs.push((parent(&path), false));
-                dirs.push((path, true));
+                dirs.push(entry_of(&path));
+                dirs.push((path, Reach::Tree));
             }
             // A directory's own metadata (which inotify may report as either)
-            // is applied by merging the directory itself.
+            // is merged with the directory itself.
             Op::Meta | Op::Data => {
-                dirs.push((parent(&path), false));
-                dirs.push((path, false));
+                dirs.push(entry_of(&path));
+                dirs.push((path, Reach::Names(Vec::new())));
             }
-            Op::Remove | Op::MovedFrom => {
-                dirs.push((parent(&path), false));
-            }
+            Op::Remove | Op::MovedFrom => dirs.push(entry_of(&path)),
         }
     }
     Some(Scope::Changes { renames, dirs })

@@ -8,7 +8,7 @@ use crate::meta::{Entry, Kind, Meta};
 use crate::wire::{Dec, Enc, WireError};
 
 /// Protocol version; both sides must speak the same one.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// First bytes of a Hello payload, so that a stray banner is caught early.
 pub const MAGIC: &[u8; 8] = b"GEOREP\0\x01";
 
@@ -61,6 +61,16 @@ pub enum Msg {
     ListDir {
         id: u64,
         path: Vec<u8>,
+        xattrs: bool,
+        checksum: bool,
+    },
+    /// Part of a directory's listing: its own entry and those of `names`
+    /// that exist (answered with DirEntries). What a journal batch touched
+    /// costs what it touched, not what the directory holds.
+    ListNames {
+        id: u64,
+        path: Vec<u8>,
+        names: Vec<Vec<u8>>,
         xattrs: bool,
         checksum: bool,
     },
@@ -218,6 +228,7 @@ mod k {
     pub const FATAL: u8 = 26;
     pub const FILE_HOLE: u8 = 27;
     pub const RENAME: u8 = 28;
+    pub const LIST_NAMES: u8 = 29;
 }
 
 fn string(d: &mut Dec) -> Result<String, WireError> {
@@ -250,6 +261,21 @@ impl Msg {
             } => {
                 let mut e = Enc::new(k::LIST_DIR);
                 e.u64(*id).bytes(path).bool(*xattrs).bool(*checksum);
+                e
+            }
+            Msg::ListNames {
+                id,
+                path,
+                names,
+                xattrs,
+                checksum,
+            } => {
+                let mut e = Enc::new(k::LIST_NAMES);
+                e.u64(*id).bytes(path).u32(names.len() as u32);
+                for n in names {
+                    e.bytes(n);
+                }
+                e.bool(*xattrs).bool(*checksum);
                 e
             }
             Msg::DirEntries {
@@ -454,6 +480,26 @@ impl Msg {
                 xattrs: d.bool()?,
                 checksum: d.bool()?,
             },
+            k::LIST_NAMES => {
+                let id = d.u64()?;
+                let path = d.bytes()?.to_vec();
+                let n = d.u32()? as usize;
+                // Each name carries a 4-byte length: cap the count by the frame.
+                if n > d.remaining() / 4 {
+                    return Err(WireError::Malformed("list names"));
+                }
+                let mut names = Vec::with_capacity(n);
+                for _ in 0..n {
+                    names.push(d.bytes()?.to_vec());
+                }
+                Msg::ListNames {
+                    id,
+                    path,
+                    names,
+                    xattrs: d.bool()?,
+                    checksum: d.bool()?,
+                }
+            }
             k::DIR_ENTRIES => {
                 let id = d.u64()?;
                 let last = d.bool()?;
@@ -584,7 +630,7 @@ impl Msg {
 }
 
 fn name_of(kind: u8) -> &'static str {
-    const NAMES: [&str; 29] = [
+    const NAMES: [&str; 30] = [
         "?",
         "hello",
         "list-dir",
@@ -614,6 +660,7 @@ fn name_of(kind: u8) -> &'static str {
         "fatal",
         "file-hole",
         "rename",
+        "list-names",
     ];
     NAMES.get(kind as usize).copied().unwrap_or("unknown")
 }
@@ -645,6 +692,13 @@ mod tests {
                 id: 3,
                 hash: [7; 32],
                 meta,
+            },
+            Msg::ListNames {
+                id: 9,
+                path: b"d".to_vec(),
+                names: vec![b"x".to_vec(), b"\xfe".to_vec()],
+                xattrs: true,
+                checksum: false,
             },
             Msg::Finish,
         ];

@@ -55,6 +55,9 @@ pub struct SyncOptions {
     pub ssh: SshOptions,
 }
 
+/// Most names in one partial listing (ListNames).
+const MAX_NAMES: usize = 4096;
+
 /// Directory listings requested ahead of the walk.
 const LOOKAHEAD: usize = 64;
 
@@ -75,12 +78,38 @@ pub enum Scope {
     #[default]
     Full,
     /// Only what a batch of changes touched: renames first (so that moved
-    /// trees travel as renames), then a merge of each listed directory,
-    /// descending into existing subdirectories only when `recursive`.
+    /// trees travel as renames), then a merge of each listed directory as
+    /// far as its [`Reach`] says.
     Changes {
         renames: Vec<(Vec<u8>, Vec<u8>)>,
-        dirs: Vec<(Vec<u8>, bool)>,
+        dirs: Vec<(Vec<u8>, Reach)>,
     },
+}
+
+/// How much of a directory a targeted round merges (each includes the
+/// directory's own metadata).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reach {
+    /// These entries only: the cost of a change, not of its directory.
+    Names(Vec<Vec<u8>>),
+    /// All its entries, descending only into subdirectories it creates.
+    Dir,
+    /// Everything below it.
+    Tree,
+}
+
+impl Reach {
+    /// What covers both.
+    fn union(self, other: Reach) -> Reach {
+        match (self, other) {
+            (Reach::Tree, _) | (_, Reach::Tree) => Reach::Tree,
+            (Reach::Dir, _) | (_, Reach::Dir) => Reach::Dir,
+            (Reach::Names(mut a), Reach::Names(b)) => {
+                a.extend(b);
+                Reach::Names(a)
+            }
+        }
+    }
 }
 
 /// A full crawl taken in slices, so that a daemon can ship live changes
@@ -249,6 +278,8 @@ struct DirTask {
     slave: Listing,
     /// Merge existing subdirectories too (always, below a created one).
     recurse: bool,
+    /// Merge only these entries (sorted, unique), not the whole directory.
+    names: Option<Vec<Vec<u8>>>,
     /// Resumed by a later crawl slice: `master` may be stale.
     restat: bool,
 }
@@ -325,12 +356,13 @@ impl<'a> Planner<'a> {
         match scope {
             Scope::Full => {
                 let master = self.source_root_entry()?;
-                let rx = self.list(Vec::new())?;
+                let rx = self.list(Vec::new(), None)?;
                 Ok(vec![DirTask {
                     rel: Vec::new(),
                     master,
                     slave: Listing::Requested(rx),
                     recurse: true,
+                    names: None,
                     restat: false,
                 }])
             }
@@ -423,19 +455,27 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// Requests the slave's listing of a directory.
-    fn list(&mut self, rel: Vec<u8>) -> Result<Receiver<Msg>> {
+    /// Requests the slave's listing of a directory (or of some of its names).
+    fn list(&mut self, rel: Vec<u8>, names: Option<&[Vec<u8>]>) -> Result<Receiver<Msg>> {
         let id = self.conn.next_id();
         self.in_flight += 1;
-        self.conn.request(
-            id,
-            &Msg::ListDir {
+        let (xattrs, checksum) = (self.scan.xattrs, self.opts.checksum);
+        let msg = match names {
+            None => Msg::ListDir {
                 id,
                 path: rel,
-                xattrs: self.scan.xattrs,
-                checksum: self.opts.checksum,
+                xattrs,
+                checksum,
             },
-        )
+            Some(names) => Msg::ListNames {
+                id,
+                path: rel,
+                names: names.to_vec(),
+                xattrs,
+                checksum,
+            },
+        };
+        self.conn.request(id, &msg)
     }
 
     /// Sends a rename the journal saw, if the source still agrees with it
@@ -465,18 +505,22 @@ impl<'a> Planner<'a> {
 
     /// The directories a batch touched, parents first, without those a
     /// recursive ancestor already covers, excluded ones and vanished ones.
-    fn targeted_tasks(&mut self, dirs: &[(Vec<u8>, bool)]) -> Result<Vec<DirTask>> {
+    fn targeted_tasks(&mut self, dirs: &[(Vec<u8>, Reach)]) -> Result<Vec<DirTask>> {
         let mut dirs = dirs.to_vec();
-        dirs.sort();
-        dirs.dedup_by(|b, a| {
-            a.0 == b.0 && {
-                a.1 |= b.1;
-                true
+        dirs.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut merged: Vec<(Vec<u8>, Reach)> = Vec::with_capacity(dirs.len());
+        for (rel, reach) in dirs {
+            match merged.last_mut() {
+                Some(last) if last.0 == rel => {
+                    let prev = std::mem::replace(&mut last.1, Reach::Dir);
+                    last.1 = prev.union(reach);
+                }
+                _ => merged.push((rel, reach)),
             }
-        });
+        }
         let mut covered: Vec<Vec<u8>> = Vec::new();
         let mut tasks = Vec::new();
-        for (rel, recurse) in dirs {
+        for (rel, reach) in merged {
             let under = |c: &Vec<u8>| {
                 c.is_empty() || rel == *c || rel.starts_with(&[c.as_slice(), b"/"].concat())
             };
@@ -487,14 +531,27 @@ impl<'a> Planner<'a> {
             let Some(master) = self.dir_entry(&rel)? else {
                 continue;
             };
-            if recurse {
-                covered.push(rel.clone());
-            }
+            let (names, recurse) = match reach {
+                // So many that one listing of the whole directory is cheaper
+                // (and a request stays far below the frame limit).
+                Reach::Names(names) if names.len() > MAX_NAMES => (None, false),
+                Reach::Names(mut names) => {
+                    names.sort_unstable();
+                    names.dedup();
+                    (Some(names), false)
+                }
+                Reach::Dir => (None, false),
+                Reach::Tree => {
+                    covered.push(rel.clone());
+                    (None, true)
+                }
+            };
             tasks.push(DirTask {
+                recurse,
                 rel,
                 master,
                 slave: Listing::Pending,
-                recurse,
+                names,
                 restat: false,
             });
         }
@@ -538,7 +595,7 @@ impl<'a> Planner<'a> {
                     Some(self.receive_listing(&rx)?)
                 }
                 Listing::Pending => {
-                    let rx = self.list(task.rel.clone())?;
+                    let rx = self.list(task.rel.clone(), task.names.as_deref())?;
                     self.in_flight -= 1;
                     Some(self.receive_listing(&rx)?)
                 }
@@ -559,7 +616,7 @@ impl<'a> Planner<'a> {
                 }
                 continue;
             }
-            let children = self.merge_dir(&task.rel, &task.master, slave)?;
+            let children = self.merge_dir(&task.rel, &task.master, slave, task.names.as_deref())?;
             // A targeted merge descends only into what it created.
             let children = children
                 .into_iter()
@@ -571,7 +628,7 @@ impl<'a> Planner<'a> {
                     break;
                 }
                 if let Listing::Pending = t.slave {
-                    let rx = self.list(t.rel.clone())?;
+                    let rx = self.list(t.rel.clone(), t.names.as_deref())?;
                     t.slave = Listing::Requested(rx);
                 }
             }
@@ -648,12 +705,14 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// Merges one directory; returns the subdirectories to visit.
+    /// Merges one directory (or only `names` in it); returns the
+    /// subdirectories to visit.
     fn merge_dir(
         &mut self,
         rel: &[u8],
         master: &Entry,
         slave: Option<(Option<Entry>, Vec<Entry>)>,
+        names: Option<&[Vec<u8>]>,
     ) -> Result<Vec<DirTask>> {
         let (slave_this, slave_entries) = match slave {
             Some((Some(this), entries)) => (Some(this), entries),
@@ -664,7 +723,11 @@ impl<'a> Planner<'a> {
             Ok(d) => d,
             Err(e) => return self.unreadable_dir(rel, e),
         };
-        let (mut entries, _) = match meta::scan_dir(dir.as_fd(), self.scan) {
+        let listed = match names {
+            None => meta::scan_dir(dir.as_fd(), self.scan).map(|(e, _)| e),
+            Some(names) => self.stat_names(&dir, names),
+        };
+        let mut entries = match listed {
             Ok(x) => x,
             Err(e) => {
                 return self.unreadable_dir(
@@ -723,6 +786,19 @@ impl<'a> Planner<'a> {
             })?;
         }
         Ok(children)
+    }
+
+    /// The entries of `names` (sorted) that exist in a source directory.
+    fn stat_names(&self, dir: &Arc<OwnedFd>, names: &[Vec<u8>]) -> std::io::Result<Vec<Entry>> {
+        let mut entries = Vec::with_capacity(names.len());
+        for n in names.iter().filter(|n| !meta::is_temp_name(n)) {
+            match meta::stat_entry(dir.as_fd(), n, self.scan) {
+                Ok(e) => entries.push(e),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(entries)
     }
 
     /// A source directory that cannot be read: report it and leave its
@@ -793,6 +869,7 @@ impl<'a> Planner<'a> {
                     master: m,
                     slave,
                     recurse: true,
+                    names: None,
                     restat: false,
                 });
             }

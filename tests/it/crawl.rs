@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use georep::session::SessionConfig;
 use georep::sync::report::Reporter;
-use georep::sync::{Crawl, Replicator, Scope};
+use georep::sync::{Crawl, Reach, Replicator, Scope};
 
 use crate::support::fixture::*;
 use crate::support::fs::*;
@@ -40,9 +40,11 @@ fn crawl_one_dir_per_slice(
     crawl.slices
 }
 
-fn dirs(list: &[&str], recursive: &[&str]) -> Vec<(Vec<u8>, bool)> {
-    let flat = list.iter().map(|d| (d.as_bytes().to_vec(), false));
-    let deep = recursive.iter().map(|d| (d.as_bytes().to_vec(), true));
+fn dirs(list: &[&str], recursive: &[&str]) -> Vec<(Vec<u8>, Reach)> {
+    let flat = list.iter().map(|d| (d.as_bytes().to_vec(), Reach::Dir));
+    let deep = recursive
+        .iter()
+        .map(|d| (d.as_bytes().to_vec(), Reach::Tree));
     flat.chain(deep).collect()
 }
 

@@ -714,13 +714,52 @@ fn ops_on(path: &[u8]) -> Vec<(&'static str, Vec<Msg>)> {
             "list-dir",
             vec![Msg::ListDir {
                 id: 1,
+                path: p.clone(),
+                xattrs: true,
+                checksum: true,
+            }],
+        ));
+        ops.push((
+            "list-names",
+            vec![Msg::ListNames {
+                id: 1,
                 path: p,
+                names: vec![b"x".to_vec()],
                 xattrs: true,
                 checksum: true,
             }],
         ));
     }
     ops
+}
+
+#[test]
+fn list_names_refuses_names_that_are_not_one_component() {
+    for name in [
+        &b""[..],
+        b".",
+        b"..",
+        b"a/b",
+        b"../etc",
+        b"x\0y",
+        &[b'n'; 256],
+    ] {
+        let label = format!("list-names {}", String::from_utf8_lossy(name));
+        let fx = Fixture::new(&label);
+        let run = fx.run(
+            Script::hello()
+                .msg(Msg::ListNames {
+                    id: 1,
+                    path: Vec::new(),
+                    names: vec![b"a".to_vec(), name.to_vec()],
+                    xattrs: true,
+                    checksum: true,
+                })
+                .finish(),
+        );
+        fx.assert_contained(&label, &run);
+        run.assert_refused(&label);
+    }
 }
 
 #[test]
@@ -848,32 +887,41 @@ fn listing_a_planted_symlink_reveals_nothing_outside() {
         "evil2/sub",
         "a/inner/sub",
     ] {
-        let label = format!("list-dir {link}");
-        let fx = Fixture::new(&label);
-        let run = fx.run(
-            Script::hello()
-                .msg(Msg::ListDir {
+        for names in [None, Some(vec![b"passwd".to_vec(), b"x".to_vec()])] {
+            let label = format!("list {link} {names:?}");
+            let fx = Fixture::new(&label);
+            let path = link.as_bytes().to_vec();
+            let msg = match names {
+                None => Msg::ListDir {
                     id: 1,
-                    path: link.as_bytes().to_vec(),
+                    path,
                     xattrs: true,
                     checksum: true,
-                })
-                .finish(),
-        );
-        fx.assert_contained(&label, &run);
-        for m in &run.frames {
-            if let Msg::DirEntries { this, entries, .. } = m {
-                assert!(
-                    this.is_none() && entries.is_empty(),
-                    "{label}: listed the symlink's target\n{run}"
-                );
+                },
+                Some(names) => Msg::ListNames {
+                    id: 1,
+                    path,
+                    names,
+                    xattrs: true,
+                    checksum: true,
+                },
+            };
+            let run = fx.run(Script::hello().msg(msg).finish());
+            fx.assert_contained(&label, &run);
+            for m in &run.frames {
+                if let Msg::DirEntries { this, entries, .. } = m {
+                    assert!(
+                        this.is_none() && entries.is_empty(),
+                        "{label}: listed the symlink's target\n{run}"
+                    );
+                }
             }
-        }
-        // Either refused, or answered "no such directory".
-        if run.fatals() > 0 {
-            run.assert_refused(&label);
-        } else {
-            run.assert_finished(&label);
+            // Either refused, or answered "no such directory".
+            if run.fatals() > 0 {
+                run.assert_refused(&label);
+            } else {
+                run.assert_finished(&label);
+            }
         }
     }
 }
