@@ -455,7 +455,13 @@ impl Daemon {
                 }
                 self.publish();
                 log("crawling the whole tree");
+                let started = Instant::now();
                 round(r, &Scope::Full)?;
+                log(&format!(
+                    "crawled in {:.1} s: {} files sent so far",
+                    started.elapsed().as_secs_f64(),
+                    rep.counters.files_transferred.load(Relaxed)
+                ));
                 self.journal
                     .ack(Marker {
                         seq: upto,
@@ -498,7 +504,11 @@ impl Daemon {
                     }
                     self.crawl_owed |= outcome.needs_full;
                     if crawl.done() {
-                        log(&format!("reconciled in {} slice(s)", crawl.slices));
+                        log(&format!(
+                            "reconciled in {:.1} s, {} slice(s)",
+                            self.last_full.elapsed().as_secs_f64(),
+                            crawl.slices
+                        ));
                         self.crawl = None;
                     }
                     self.synced(rep, r);
@@ -509,13 +519,23 @@ impl Daemon {
             let max = self.config.batch_max_changes as usize;
             let mut batch = self.journal.read_after(marker.seq, max).map_err(jerr)?;
             if batch.is_empty() {
-                self.nap(Duration::from_millis(20));
+                // A journal poll costs microseconds; this is most of the
+                // latency added between a change and its batch.
+                self.nap(Duration::from_millis(5));
                 continue;
             }
-            // Let a burst gather into one batch, then take what arrived.
-            let age = Duration::from_nanos((journal::now_ns() - batch[0].time_ns).max(0) as u64);
-            if age < self.config.batch_delay() && batch.len() < max {
-                self.nap(self.config.batch_delay() - age);
+            // Let a burst gather into one batch: until it goes quiet, or its
+            // first change has waited batch_delay_ms, whichever comes first.
+            let (delay, quiet) = (self.config.batch_delay(), self.config.batch_quiet());
+            while batch.len() < max && !self.stopping() {
+                let since = |c: &Change| {
+                    Duration::from_nanos((journal::now_ns() - c.time_ns).max(0) as u64)
+                };
+                let (age, idle) = (since(&batch[0]), since(batch.last().expect("non-empty")));
+                if age >= delay || idle >= quiet {
+                    break;
+                }
+                self.nap((delay - age).min(quiet - idle));
                 batch = self.journal.read_after(marker.seq, max).map_err(jerr)?;
             }
             // A rename's halves (From, To, Both) may straddle a journal

@@ -67,9 +67,12 @@ pub struct SessionConfig {
     /// Most changes shipped in one round.
     #[serde(default = "d::batch_max_changes")]
     pub batch_max_changes: u64,
-    /// How long a batch waits for more changes after its first one.
+    /// Longest a batch waits for more changes after its first one.
     #[serde(default = "d::batch_delay_ms")]
     pub batch_delay_ms: u64,
+    /// A batch is cut sooner once no change arrived for this long.
+    #[serde(default = "d::batch_quiet_ms")]
+    pub batch_quiet_ms: u64,
     /// Seconds between full reconciliations (0: never).
     #[serde(default = "d::full_crawl_interval")]
     pub full_crawl_interval: u64,
@@ -113,6 +116,9 @@ mod d {
     }
     pub fn batch_delay_ms() -> u64 {
         100
+    }
+    pub fn batch_quiet_ms() -> u64 {
+        10
     }
     pub fn full_crawl_interval() -> u64 {
         86_400
@@ -229,6 +235,10 @@ impl SessionConfig {
 
     pub fn batch_delay(&self) -> Duration {
         Duration::from_millis(self.batch_delay_ms)
+    }
+
+    pub fn batch_quiet(&self) -> Duration {
+        Duration::from_millis(self.batch_quiet_ms)
     }
 }
 

@@ -55,6 +55,10 @@ pub struct SyncOptions {
     pub ssh: SshOptions,
 }
 
+/// Smaller files (old or new) travel whole: a signature's round trip costs
+/// more than the few KiB a delta could save.
+const DELTA_MIN: u64 = 16 << 10;
+
 /// Most names in one partial listing (ListNames).
 const MAX_NAMES: usize = 4096;
 
@@ -981,7 +985,7 @@ impl<'a> Planner<'a> {
             self.created(path);
         }
         let basis = s
-            .filter(|s| !self.opts.whole_file && s.size > 0)
+            .filter(|s| !self.opts.whole_file && s.size.min(m.size) >= DELTA_MIN)
             .map(|s| s.size);
         if self.opts.dry_run {
             self.rep.counters.files_transferred.fetch_add(1, Relaxed);

@@ -1014,6 +1014,49 @@ georep_test!(session_live_tiny_batches, |t: TestDir| {
     assert_converged(&s);
 });
 
+// Coalescing: what a batch sees settled is what ships. A temporary created,
+// written and deleted ships nothing; a file written 1,000 times ships once.
+georep_test!(session_batch_coalesces_changes, |t: TestDir| {
+    write_file(&t.src.join("dir/keep"), b"here before");
+    // Long batches, cut only by the delay: every change below lands in one.
+    let s = started(
+        &t,
+        "coalesce",
+        &["batch_delay_ms=3000", "batch_quiet_ms=3000"],
+    );
+    let before = num(&s.status(), "files_synced");
+    let started_at = Instant::now();
+    let tmp = t.src.join("dir/scratch.tmp");
+    write_file(&tmp, &random_bytes(1, 100_000));
+    append(&tmp, b"more");
+    remove(&tmp);
+    let hot = t.src.join("dir/hot");
+    for i in 0..1_000u32 {
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&hot)
+            .unwrap();
+        std::io::Write::write_all(&mut f, &i.to_le_bytes()).unwrap();
+        // Spread over a second: without batching, several rounds would ship it.
+        thread::sleep(ms(1));
+    }
+    assert!(
+        started_at.elapsed() < Duration::from_millis(2_500),
+        "the writes took {:?}: they may straddle two batches",
+        started_at.elapsed()
+    );
+    let st = s.wait_converged("one batch");
+    assert_eq!(
+        num(&st, "files_synced") - before,
+        1.0,
+        "only the file written 1,000 times ships, once: {st}\n{}",
+        s.log_tail()
+    );
+    s.stop();
+    assert_converged(&s);
+});
+
 // Every mutation while the initial full crawl still runs: the crawl must not lose what
 // the journal records meanwhile.
 georep_test!(session_changes_during_initial_sync, |t: TestDir| {
