@@ -19,11 +19,11 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Exit;
+use crate::error::{Error, Exit};
 use crate::journal::{self, Change, Journal, Marker, Op, Writer};
 use crate::session::{write_atomic, Session, SessionConfig, SessionError};
 use crate::sync::report::Reporter;
-use crate::sync::{self, Reach, Replicator, Scope};
+use crate::sync::{self, Reach, Replicator, RoundOutcome, Scope};
 use crate::watch::Recorder;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -364,20 +364,15 @@ impl Daemon {
                     continue;
                 }
             };
+            // A paced crawl kept between slices survives a new connection.
             let outcome = self.serve(&mut r, &rep, &mut full_owed);
-            if outcome.is_err() {
-                // The slice in flight is lost with the connection: start over.
-                if self.crawl.take().is_some() {
-                    self.crawl_owed = true;
-                }
-            }
             self.bytes_before += r.traffic().0;
             match r.close(outcome) {
                 Ok(()) => break,
                 Err(e) => {
                     // "N entries failed" alone does not say what to fix.
                     let why = match (&e, rep.last_error()) {
-                        (crate::error::Error::Partial { .. }, Some(last)) => {
+                        (Error::Partial { .. }, Some(last)) => {
                             format!("{e}; last: {last}")
                         }
                         _ => e.to_string(),
@@ -423,17 +418,7 @@ impl Daemon {
         r: &mut Replicator,
         rep: &Arc<Reporter>,
         full_owed: &mut bool,
-    ) -> Result<(), crate::error::Error> {
-        let jerr = |e: journal::JournalError| crate::error::Error::Protocol(e.to_string());
-        // A round with failed entries is not acked: the marker never skips a change.
-        let round = |r: &mut Replicator, scope: &Scope| {
-            let before = rep.counters.errors.load(Relaxed);
-            let outcome = r.round(scope)?;
-            match rep.counters.errors.load(Relaxed) - before {
-                0 => Ok(outcome),
-                failed => Err(crate::error::Error::Partial { failed }),
-            }
-        };
+    ) -> Result<(), Error> {
         loop {
             if self.stopping() {
                 return Ok(());
@@ -447,32 +432,8 @@ impl Daemon {
                 self.crawl_owed = true;
             }
             if *full_owed {
-                // The start-up (or recovery) crawl, not paced: everything
-                // recorded so far is covered by a crawl that starts now.
-                let upto = self.journal.last_seq().map_err(jerr)?;
-                if self.status.state != State::Initializing {
-                    self.status.crawl = Some(Crawl::Full);
-                }
-                self.publish();
-                log("crawling the whole tree");
-                let started = Instant::now();
-                round(r, &Scope::Full)?;
-                log(&format!(
-                    "crawled in {:.1} s: {} files sent so far",
-                    started.elapsed().as_secs_f64(),
-                    rep.counters.files_transferred.load(Relaxed)
-                ));
-                self.journal
-                    .ack(Marker {
-                        seq: upto,
-                        time_ns: journal::now_ns(),
-                    })
-                    .map_err(jerr)?;
+                self.full_round(r, rep)?;
                 *full_owed = false;
-                self.crawl = None;
-                self.crawl_owed = false;
-                self.last_full = Instant::now();
-                self.synced(rep, r);
                 continue;
             }
             if self.crawl.is_none() && std::mem::take(&mut self.crawl_owed) {
@@ -480,83 +441,24 @@ impl Daemon {
                 self.crawl = Some(sync::Crawl::new());
                 self.last_full = Instant::now();
             }
-            // Live changes are due once the oldest has waited a batch delay;
-            // a crawl slice asks every 50 ms (a journal query each time).
-            let delay = self.config.batch_delay().as_nanos() as i64;
-            let asked = std::cell::Cell::new(Instant::now());
-            let live_due = || {
-                let oldest = self.journal.oldest_pending_ns().ok().flatten();
-                oldest.is_some_and(|t| journal::now_ns() - t >= delay)
-            };
-            let yield_now = || {
-                asked.get().elapsed() >= Duration::from_millis(50) && {
-                    asked.set(Instant::now());
-                    live_due()
-                }
-            };
-            if !live_due() {
-                if let Some(crawl) = self.crawl.as_mut() {
-                    let before = rep.counters.errors.load(Relaxed);
-                    let outcome = r.crawl_slice(crawl, &yield_now)?;
-                    let failed = rep.counters.errors.load(Relaxed) - before;
-                    if failed > 0 {
-                        return Err(crate::error::Error::Partial { failed });
-                    }
-                    self.crawl_owed |= outcome.needs_full;
-                    if crawl.done() {
-                        log(&format!(
-                            "reconciled in {:.1} s, {} slice(s)",
-                            self.last_full.elapsed().as_secs_f64(),
-                            crawl.slices
-                        ));
-                        self.crawl = None;
-                    }
-                    self.synced(rep, r);
-                    continue;
-                }
+            if self.crawl.is_some() && !self.live_due() {
+                self.crawl_slice(r, rep)?;
+                continue;
             }
-            let marker = self.journal.marker().map_err(jerr)?;
-            let max = self.config.batch_max_changes as usize;
-            let mut batch = self.journal.read_after(marker.seq, max).map_err(jerr)?;
-            if batch.is_empty() {
+            let batch = self.gather()?;
+            let Some(last) = batch.last() else {
                 // A journal poll costs microseconds; this is most of the
                 // latency added between a change and its batch.
                 self.nap(Duration::from_millis(5));
                 continue;
-            }
-            // Let a burst gather into one batch: until it goes quiet, or its
-            // first change has waited batch_delay_ms, whichever comes first.
-            let (delay, quiet) = (self.config.batch_delay(), self.config.batch_quiet());
-            while batch.len() < max && !self.stopping() {
-                let since = |c: &Change| {
-                    Duration::from_nanos((journal::now_ns() - c.time_ns).max(0) as u64)
-                };
-                let (age, idle) = (since(&batch[0]), since(batch.last().expect("non-empty")));
-                if age >= delay || idle >= quiet {
-                    break;
-                }
-                self.nap((delay - age).min(quiet - idle));
-                batch = self.journal.read_after(marker.seq, max).map_err(jerr)?;
-            }
-            // A rename's halves (From, To, Both) may straddle a journal
-            // commit, and inotify reports changes inside a just-renamed
-            // directory under its old name for a moment: do not cut a batch
-            // right after an incomplete rename or a directory's rename.
-            for _ in 0..5 {
-                if batch.len() >= max || !unsettled(&batch, &self.config.source) {
-                    break;
-                }
-                self.nap(Duration::from_millis(20));
-                batch = self.journal.read_after(marker.seq, max).map_err(jerr)?;
-            }
-            let last = batch.last().expect("non-empty");
+            };
             let ack = Marker {
                 seq: last.seq,
                 time_ns: last.time_ns,
             };
             match plan(&batch) {
                 Some(scope) => {
-                    let outcome = round(r, &scope)?;
+                    let outcome = counted(rep, || r.round(&scope))?;
                     self.crawl_owed |= outcome.needs_full;
                 }
                 // Events were lost (a queue overflow): only a crawl finds
@@ -573,6 +475,111 @@ impl Daemon {
         }
     }
 
+    /// The start-up (or recovery) crawl, whole: everything recorded before
+    /// it starts is covered by it, so it acks the journal up to there.
+    fn full_round(&mut self, r: &mut Replicator, rep: &Reporter) -> Result<(), Error> {
+        let upto = self.journal.last_seq().map_err(jerr)?;
+        if self.status.state != State::Initializing {
+            self.status.crawl = Some(Crawl::Full);
+        }
+        self.publish();
+        log("crawling the whole tree");
+        let started = Instant::now();
+        counted(rep, || r.round(&Scope::Full))?;
+        log(&format!(
+            "crawled in {:.1} s: {} files sent so far",
+            started.elapsed().as_secs_f64(),
+            rep.counters.files_transferred.load(Relaxed)
+        ));
+        self.journal
+            .ack(Marker {
+                seq: upto,
+                time_ns: journal::now_ns(),
+            })
+            .map_err(jerr)?;
+        self.crawl = None;
+        self.crawl_owed = false;
+        self.last_full = Instant::now();
+        self.synced(rep, r);
+        Ok(())
+    }
+
+    /// Whether a live change has waited a batch delay (a crawl yields to it).
+    fn live_due(&self) -> bool {
+        let oldest = self.journal.oldest_pending_ns().ok().flatten();
+        let delay = self.config.batch_delay().as_nanos() as i64;
+        oldest.is_some_and(|t| journal::now_ns() - t >= delay)
+    }
+
+    /// One slice of the paced crawl: it walks until live changes are due
+    /// (asked every 50 ms, a journal query each time).
+    fn crawl_slice(&mut self, r: &mut Replicator, rep: &Reporter) -> Result<(), Error> {
+        let mut crawl = self.crawl.take().expect("a crawl in progress");
+        let asked = std::cell::Cell::new(Instant::now());
+        let yield_now = || {
+            asked.get().elapsed() >= Duration::from_millis(50) && {
+                asked.set(Instant::now());
+                self.live_due()
+            }
+        };
+        let outcome = match counted(rep, || r.crawl_slice(&mut crawl, &yield_now)) {
+            Ok(o) => o,
+            Err(e) => {
+                // What the failed slice walked is lost with it: start over.
+                self.crawl_owed = true;
+                return Err(e);
+            }
+        };
+        self.crawl_owed |= outcome.needs_full;
+        if crawl.done() {
+            log(&format!(
+                "reconciled in {:.1} s, {} slice(s)",
+                self.last_full.elapsed().as_secs_f64(),
+                crawl.slices
+            ));
+        } else {
+            self.crawl = Some(crawl);
+        }
+        self.synced(rep, r);
+        Ok(())
+    }
+
+    /// The next batch of unacked changes (empty if there is none): a burst
+    /// gathers until it goes quiet or its first change has waited
+    /// batch_delay_ms, and a batch is not cut in the middle of a rename.
+    fn gather(&self) -> Result<Vec<Change>, Error> {
+        let marker = self.journal.marker().map_err(jerr)?;
+        let max = self.config.batch_max_changes as usize;
+        let read = || self.journal.read_after(marker.seq, max).map_err(jerr);
+        let mut batch = read()?;
+        if batch.is_empty() {
+            return Ok(batch);
+        }
+        let (delay, quiet) = (self.config.batch_delay(), self.config.batch_quiet());
+        let since =
+            |c: &Change| Duration::from_nanos((journal::now_ns() - c.time_ns).max(0) as u64);
+        while batch.len() < max && !self.stopping() {
+            let (age, idle) = (since(&batch[0]), since(batch.last().expect("non-empty")));
+            if age >= delay || idle >= quiet {
+                break;
+            }
+            self.nap((delay - age).min(quiet - idle));
+            batch = read()?;
+        }
+        // A rename's halves (From, To, Both) may straddle a journal
+        // commit, and inotify reports changes inside a just-renamed
+        // directory under its old name for a moment: do not cut a batch
+        // right after an incomplete rename or a directory's rename.
+        for _ in 0..5 {
+            if batch.len() >= max || !unsettled(&batch, &self.config.source) {
+                break;
+            }
+            self.nap(Duration::from_millis(20));
+            batch = read()?;
+        }
+        Ok(batch)
+    }
+
     fn synced(&mut self, rep: &Reporter, r: &Replicator) {
         self.recovered = true;
         self.status.state = State::Active;
@@ -584,6 +591,24 @@ impl Daemon {
         self.status.files_synced = rep.counters.files_transferred.load(Relaxed);
         self.status.bytes_sent = self.bytes_before + r.traffic().0;
         self.publish();
+    }
+}
+
+fn jerr(e: journal::JournalError) -> Error {
+    Error::Protocol(e.to_string())
+}
+
+/// Runs a round and fails it if any entry failed: such a round is retried,
+/// never acked, so the marker never skips a change.
+fn counted(
+    rep: &Reporter,
+    round: impl FnOnce() -> Result<RoundOutcome, Error>,
+) -> Result<RoundOutcome, Error> {
+    let before = rep.counters.errors.load(Relaxed);
+    let outcome = round()?;
+    match rep.counters.errors.load(Relaxed) - before {
+        0 => Ok(outcome),
+        failed => Err(Error::Partial { failed }),
     }
 }
 

@@ -412,14 +412,16 @@ impl<'a> Planner<'a> {
             let walked = self.walk(stack, yield_now);
             // Closing the queue lets the workers finish what is queued and stop.
             self.jobs = None;
-            let mut first_err = None;
-            let left = walked.map_err(|e| first_err = Some(e)).ok();
+            let (left, mut first_err) = match walked {
+                Ok(left) => (left, None),
+                Err(e) => (Vec::new(), Some(e)),
+            };
             for w in workers {
                 if let Err(e) = w.join().expect("worker panicked") {
                     first_err.get_or_insert(e);
                 }
             }
-            first_err.map_or(Ok(left.unwrap_or_default()), Err)
+            first_err.map_or(Ok(left), Err)
         })?;
         let left = self.suspend(left)?;
         self.settle_retries()?;

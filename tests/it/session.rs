@@ -180,13 +180,15 @@ fn is_alive(pid: u32) -> bool {
 /// Whether `pid` is a daemon of the session at `home`: it runs the georep binary, or
 /// names `home` on its command line (a pid read from a stale file may have been reused
 /// by another process).
+/// A georep process of this home (the daemon runs as `georep --home HOME start
+/// NAME --foreground`); not any georep, since other tests run beside this one.
 fn is_daemon_of(pid: u32, home: &Path) -> bool {
     let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };
     let home = home.as_os_str().as_encoded_bytes();
     let argv0 = cmdline.split(|&b| b == 0).next().unwrap_or_default();
-    argv0.ends_with(b"georep") || cmdline.windows(home.len()).any(|w| w == home)
+    argv0.ends_with(b"georep") && cmdline.windows(home.len()).any(|w| w == home)
 }
 
 fn descendants(root: u32) -> BTreeSet<u32> {
