@@ -1471,6 +1471,56 @@ georep_test!(session_inotify_queue_overflow_converges, |t: TestDir| {
     assert_converged(&s);
 });
 
+// ---- 7b'. The inotify watch limit: shown in status, crawls take over
+
+georep_test!(session_watch_limit_falls_back_to_crawls, |t: TestDir| {
+    for i in 0..40 {
+        write_file(&t.src.join(format!("d{i:02}/f")), b"before");
+    }
+    let s = Session::new(&t, "limited");
+    s.create_ok(p(&t.dst), &["full_crawl_interval=2"]);
+    // The limit is per user namespace: a namespace of its own with room for
+    // 10 watches leaves the other tests' daemons alone.
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--user", "--map-root-user", "sh", "-c"])
+        .arg(r#"echo 10 > /proc/sys/user/max_inotify_watches && exec "$0" "$@""#)
+        .arg(GEOREP)
+        .arg("--home")
+        .arg(&s.home)
+        .args(["start", "limited", "--foreground"]);
+    let log = |name: &str| File::create(t.path(name)).unwrap();
+    cmd.stdout(log("ns.stdout")).stderr(log("ns.stderr"));
+    let Ok(child) = cmd.spawn() else {
+        eprintln!("skipped: no unshare(1) here");
+        return;
+    };
+    let mut child = ChildGuard(child);
+    thread::sleep(ms(300));
+    if let Ok(Some(status)) = child.0.try_wait() {
+        let stderr = fs::read_to_string(t.path("ns.stderr")).unwrap_or_default();
+        eprintln!("skipped: cannot limit watches in a user namespace ({status}): {stderr}");
+        return;
+    }
+    let st = s.wait_converged("initial sync");
+    assert_eq!(
+        st["watch_limit"], true,
+        "status shows the watch limit: {st}"
+    );
+    // Not watched: only the periodic crawls (every 2 s here) can see these.
+    for i in 0..40 {
+        write_file(&t.src.join(format!("d{i:02}/f")), b"after, longer");
+    }
+    write_file(&t.src.join("d39/new"), b"new");
+    remove(&t.src.join("d00"));
+    s.wait_converged_ignoring("changes seen by crawls", &[], Duration::from_secs(30));
+    let st = s.status();
+    assert_eq!(st["state"], "Active", "running despite the limit: {st}");
+    s.stop();
+    let exit = wait_timeout(&mut child.0, Duration::from_secs(10));
+    assert!(exit.is_some_and(|e| e.success()), "daemon exit {exit:?}");
+    assert_converged(&s);
+});
+
 // ---- 7c. The slave's disk fills up, then space is freed
 
 /// A tmpfs mounted on a directory for the test's lifetime.
