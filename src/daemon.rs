@@ -285,7 +285,7 @@ impl Daemon {
         let writer = Writer::start(
             Journal::open(&s.journal_path()).map_err(journal_err)?,
             4096,
-            Duration::from_millis(5),
+            Duration::from_millis(2),
         );
         let mut status = Status::read(s).unwrap_or_else(|_| Status::new(s, &config));
         status.pid = Some(pid as i32);
@@ -445,11 +445,15 @@ impl Daemon {
                 self.crawl_slice(r, rep)?;
                 continue;
             }
-            let batch = self.gather()?;
+            let marker = self.journal.marker().map_err(jerr)?;
+            let batch = self.gather(marker.seq)?;
             let Some(last) = batch.last() else {
-                // A journal poll costs microseconds; this is most of the
-                // latency added between a change and its batch.
-                self.nap(Duration::from_millis(5));
+                // Woken by the writer's next commit; the timeout keeps the
+                // loop's other duties (stop, crawl schedule) going.
+                let writer = self.writer.as_ref().expect("writer runs until stop");
+                writer
+                    .committed()
+                    .wait_past(marker.seq, Duration::from_millis(50));
                 continue;
             };
             let ack = Marker {
@@ -544,13 +548,12 @@ impl Daemon {
         Ok(())
     }
 
-    /// The next batch of unacked changes (empty if there is none): a burst
+    /// The next batch of changes after `after` (empty if there is none): a burst
     /// gathers until it goes quiet or its first change has waited
     /// batch_delay_ms, and a batch is not cut in the middle of a rename.
-    fn gather(&self) -> Result<Vec<Change>, Error> {
-        let marker = self.journal.marker().map_err(jerr)?;
+    fn gather(&self, after: u64) -> Result<Vec<Change>, Error> {
         let max = self.config.batch_max_changes as usize;
-        let read = || self.journal.read_after(marker.seq, max).map_err(jerr);
+        let read = || self.journal.read_after(after, max).map_err(jerr);
         let mut batch = read()?;
         if batch.is_empty() {
             return Ok(batch);

@@ -9,6 +9,7 @@
 
 use std::path::Path;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -322,16 +323,51 @@ impl Journal {
 pub struct Writer {
     tx: Option<SyncSender<NewChange>>,
     handle: Option<JoinHandle<Result<u64>>>,
+    committed: Arc<Committed>,
+}
+
+/// The last sequence number the writer committed, for a reader in the same
+/// process to wait on instead of polling the database.
+#[derive(Default)]
+pub struct Committed {
+    seq: Mutex<u64>,
+    cv: Condvar,
+}
+
+impl Committed {
+    fn set(&self, seq: u64) {
+        *self.seq.lock().unwrap() = seq;
+        self.cv.notify_all();
+    }
+
+    /// Waits until a change past `seq` is committed, at most `timeout`;
+    /// returns whether one is.
+    pub fn wait_past(&self, seq: u64, timeout: Duration) -> bool {
+        let guard = self.seq.lock().unwrap();
+        let (guard, _) = self
+            .cv
+            .wait_timeout_while(guard, timeout, |s| *s <= seq)
+            .unwrap();
+        *guard > seq
+    }
 }
 
 impl Writer {
     pub fn start(mut journal: Journal, max: usize, linger: Duration) -> Writer {
         let (tx, rx) = mpsc::sync_channel::<NewChange>(max * 4);
-        let handle = std::thread::spawn(move || write_loop(&mut journal, rx, max, linger));
+        let committed = Arc::new(Committed::default());
+        let c = committed.clone();
+        let handle = std::thread::spawn(move || write_loop(&mut journal, rx, max, linger, &c));
         Writer {
             tx: Some(tx),
             handle: Some(handle),
+            committed,
         }
+    }
+
+    /// What the writer has committed so far.
+    pub fn committed(&self) -> &Committed {
+        &self.committed
     }
 
     /// A sender for producers; it blocks when the writer falls behind, so
@@ -356,8 +392,10 @@ fn write_loop(
     rx: Receiver<NewChange>,
     max: usize,
     linger: Duration,
+    committed: &Committed,
 ) -> Result<u64> {
     let mut last = j.last_seq()?;
+    committed.set(last);
     let mut batch = Vec::with_capacity(max);
     loop {
         match rx.recv() {
@@ -374,6 +412,7 @@ fn write_loop(
             }
         }
         last = j.append(&batch)?;
+        committed.set(last);
         batch.clear();
     }
 }
@@ -431,6 +470,8 @@ mod tests {
                 .unwrap();
         }
         drop(tx);
+        assert!(w.committed().wait_past(4999, Duration::from_secs(10)));
+        assert!(!w.committed().wait_past(5000, Duration::from_millis(10)));
         assert_eq!(w.finish().unwrap(), 5000);
         let j = Journal::open(&path).unwrap();
         let all = j.read_after(0, 10_000).unwrap();
