@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Exit};
 use crate::journal::{self, Change, Journal, Marker, Op, Writer};
-use crate::session::{write_atomic, Session, SessionConfig, SessionError};
+use crate::session::{io, write_atomic, Session, SessionConfig, SessionError};
 use crate::sync::report::Reporter;
 use crate::sync::{self, Reach, Replicator, RoundOutcome, Scope};
 use crate::watch::Recorder;
@@ -132,35 +132,23 @@ pub fn start_background(home: &std::path::Path, s: &Session) -> Result<i32, Sess
     if let Some(pid) = s.running_pid() {
         return Ok(pid);
     }
-    let exe = std::env::current_exe().map_err(|e| SessionError::Io {
-        context: "locating the georep binary".into(),
-        source: e,
-    })?;
+    let exe = std::env::current_exe().map_err(io("locating the georep binary"))?;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(s.log_path())
-        .map_err(|e| SessionError::Io {
-            context: s.log_path().display().to_string(),
-            source: e,
-        })?;
+        .map_err(io(s.log_path().display().to_string()))?;
     let mut child = Command::new(exe)
         .arg("--home")
         .arg(home)
         .args(["start", &s.name, "--foreground"])
         .stdin(Stdio::null())
-        .stdout(log.try_clone().map_err(|e| SessionError::Io {
-            context: "log".into(),
-            source: e,
-        })?)
+        .stdout(log.try_clone().map_err(io("log"))?)
         .stderr(log)
         // Its own session: not killed with the shell that started it.
         .process_group(0)
         .spawn()
-        .map_err(|e| SessionError::Io {
-            context: "starting the daemon".into(),
-            source: e,
-        })?;
+        .map_err(io("starting the daemon"))?;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(pid) = s.running_pid() {
@@ -261,10 +249,7 @@ impl Daemon {
             .truncate(false)
             .write(true)
             .open(s.pid_path())
-            .map_err(|e| SessionError::Io {
-                context: s.pid_path().display().to_string(),
-                source: e,
-            })?;
+            .map_err(io(s.pid_path().display().to_string()))?;
         rustix::fs::flock(
             &pid_file,
             rustix::fs::FlockOperation::NonBlockingLockExclusive,
@@ -275,10 +260,8 @@ impl Daemon {
         let _ = (&pid_file).write_all(format!("{pid}\n").as_bytes());
         let stop = Arc::new(AtomicBool::new(false));
         for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-            signal_hook::flag::register(sig, stop.clone()).map_err(|e| SessionError::Io {
-                context: "installing signal handlers".into(),
-                source: e,
-            })?;
+            signal_hook::flag::register(sig, stop.clone())
+                .map_err(io("installing signal handlers"))?;
         }
         let journal_err = |e: journal::JournalError| SessionError::BadConfig(e.to_string());
         let journal = Journal::open(&s.journal_path()).map_err(journal_err)?;
@@ -328,7 +311,9 @@ impl Daemon {
             self.status.watch_limit |= r.watch_limit_hit();
         }
         let json = serde_json::to_vec_pretty(&self.status).expect("status serializes");
-        if let Err(e) = write_atomic(&self.session.status_path(), &json) {
+        // After every round: no fsync. The journal's marker is what must
+        // survive a crash; a lost report is rewritten by the next round.
+        if let Err(e) = write_atomic(&self.session.status_path(), &json, false) {
             log(&format!("writing status: {e}"));
         }
     }
@@ -466,7 +451,9 @@ impl Daemon {
                     self.crawl_owed |= outcome.needs_full;
                 }
                 // Events were lost (a queue overflow): only a crawl finds
-                // what they were. Later changes keep flowing meanwhile.
+                // what they were. Later changes keep flowing meanwhile. The
+                // ack below may pass the loss before that crawl ends: safe,
+                // since a crawl is owed until it does, and every start crawls.
                 None => {
                     log("events were lost (inotify queue overflow): reconciling with a crawl");
                     self.crawl_owed = true;

@@ -53,7 +53,8 @@ impl SessionError {
     }
 }
 
-fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> SessionError {
+/// Maps an I/O error to a session error that says what was being done.
+pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> SessionError {
     let context = context.into();
     move |source| SessionError::Io { context, source }
 }
@@ -347,7 +348,7 @@ impl Session {
 
     pub fn save(&self, config: &SessionConfig) -> Result<(), SessionError> {
         let text = toml::to_string(config).expect("config serializes");
-        write_atomic(&self.dir.join("config.toml"), text.as_bytes())
+        write_atomic(&self.dir.join("config.toml"), text.as_bytes(), true)
     }
 
     pub fn journal_path(&self) -> PathBuf {
@@ -384,12 +385,13 @@ impl Session {
     }
 }
 
-/// Writes a file so that readers see the old or the new content, never half.
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), SessionError> {
+/// Writes a file so that readers see the old or the new content, never half;
+/// `durable` also fsyncs it before the rename.
+pub fn write_atomic(path: &Path, data: &[u8], durable: bool) -> Result<(), SessionError> {
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp).map_err(io(tmp.display().to_string()))?;
     f.write_all(data)
-        .and_then(|_| f.sync_all())
+        .and_then(|_| if durable { f.sync_all() } else { Ok(()) })
         .map_err(io(tmp.display().to_string()))?;
     std::fs::rename(&tmp, path).map_err(io(path.display().to_string()))
 }

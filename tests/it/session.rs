@@ -27,14 +27,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rustix::process::{kill_process, kill_process_group, Pid, Signal};
+use rustix::process::Signal;
 use serde_json::Value;
 
 use crate::support::fixture::*;
 use crate::support::fs::*;
 use crate::support::harness::assert_absent;
 use crate::support::mutations::*;
-use crate::support::process::georep;
+use crate::support::process::{descendants, georep, is_alive, kill_tree, signal, signal_group};
 use crate::support::sshd::{KeyKind, Sshd};
 use crate::support::tree::*;
 use crate::support::{georep_test, TestDir};
@@ -158,30 +158,9 @@ fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     }
 }
 
-// ---- Processes, through /proc (nothing here panics: it runs in drops too)
-
-/// `(state, ppid, pgrp)` of a process, None when it is gone.
-fn proc_stat(pid: u32) -> Option<(char, u32, u32)> {
-    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
-    let (_, rest) = text.rsplit_once(')')?;
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    let pgrp = fields.next()?.parse().ok()?;
-    Some((state, ppid, pgrp))
-}
-
-/// Present and neither a zombie nor dead.
-fn is_alive(pid: u32) -> bool {
-    matches!(proc_stat(pid), Some((s, _, _)) if !matches!(s, 'Z' | 'X' | 'x'))
-}
-
-/// Whether `pid` is a daemon of the session at `home`: it runs the georep binary, or
-/// names `home` on its command line (a pid read from a stale file may have been reused
-/// by another process).
 /// A georep process of this home (the daemon runs as `georep --home HOME start
-/// NAME --foreground`); not any georep, since other tests run beside this one.
+/// NAME --foreground`); not any georep, since other tests run beside this one, and a
+/// pid read from a stale file may have been reused.
 fn is_daemon_of(pid: u32, home: &Path) -> bool {
     let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
@@ -189,93 +168,6 @@ fn is_daemon_of(pid: u32, home: &Path) -> bool {
     let home = home.as_os_str().as_encoded_bytes();
     let argv0 = cmdline.split(|&b| b == 0).next().unwrap_or_default();
     argv0.ends_with(b"georep") && cmdline.windows(home.len()).any(|w| w == home)
-}
-
-fn descendants(root: u32) -> BTreeSet<u32> {
-    let mut parent_of = Vec::new();
-    if let Ok(entries) = fs::read_dir("/proc") {
-        for e in entries.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            if let Some((_, ppid, _)) = proc_stat(pid) {
-                parent_of.push((pid, ppid));
-            }
-        }
-    }
-    let mut out = BTreeSet::new();
-    let mut todo = vec![root];
-    while let Some(p) = todo.pop() {
-        for &(c, _) in parent_of.iter().filter(|(_, pp)| *pp == p) {
-            if out.insert(c) {
-                todo.push(c);
-            }
-        }
-    }
-    out
-}
-
-fn signal(pid: u32, sig: Signal) {
-    if let Some(pid) = Pid::from_raw(pid as i32) {
-        let _ = kill_process(pid, sig);
-    }
-}
-
-fn signal_group(pgid: u32, sig: Signal) {
-    if let Some(pid) = Pid::from_raw(pgid as i32) {
-        let _ = kill_process_group(pid, sig);
-    }
-}
-
-/// SIGKILLs `pid` and every process below it (its `georep slave` child, a worker), and
-/// its whole process group when it leads one; waits until all are dead. The tree is
-/// frozen first (SIGSTOP), so that nothing forks or is reparented out of reach while
-/// we look. Returns the pids killed.
-fn kill_tree(pid: u32) -> Result<BTreeSet<u32>, String> {
-    let leads_group = proc_stat(pid).is_some_and(|(_, _, pgrp)| pgrp == pid);
-    let mut frozen = BTreeSet::from([pid]);
-    signal(pid, Signal::STOP);
-    wait_stopped(pid);
-    loop {
-        let found: Vec<u32> = descendants(pid)
-            .into_iter()
-            .filter(|p| !frozen.contains(p))
-            .collect();
-        if found.is_empty() {
-            break;
-        }
-        for &p in &found {
-            signal(p, Signal::STOP);
-        }
-        for &p in &found {
-            wait_stopped(p);
-            frozen.insert(p);
-        }
-    }
-    if leads_group {
-        signal_group(pid, Signal::KILL);
-    }
-    for &p in &frozen {
-        signal(p, Signal::KILL);
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while let Some(p) = frozen.iter().find(|&&p| is_alive(p)) {
-        if Instant::now() > deadline {
-            return Err(format!("process {p} survives SIGKILL"));
-        }
-        thread::sleep(ms(5));
-    }
-    Ok(frozen)
-}
-
-fn wait_stopped(pid: u32) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while let Some((state, _, _)) = proc_stat(pid) {
-        if matches!(state, 'T' | 't' | 'Z' | 'X' | 'x') || Instant::now() > deadline {
-            return;
-        }
-        thread::sleep(ms(1));
-    }
 }
 
 /// A child process (`start --foreground`) whose whole group is killed on drop.
@@ -817,6 +709,18 @@ fn live(t: &TestDir, name: &str, mutations: &[Mutation]) {
     assert_converged(&s);
 }
 
+/// Every mutation of the foundation suite at once, then one convergence wait.
+fn all_mutations_at_once(t: &TestDir, name: &str, sets: &[&str]) {
+    build_full_tree(&t.src);
+    let s = started(t, name, sets);
+    for (_, mutate) in ALL_MUTATIONS {
+        mutate(&t.src);
+    }
+    s.wait_converged("all mutations at once");
+    s.stop();
+    assert_converged(&s);
+}
+
 // ---- 1. Initial sync, status
 
 georep_test!(session_initial_sync_then_active, |t: TestDir| {
@@ -993,27 +897,13 @@ georep_test!(session_live_new_entries_and_mkdir_race, |t: TestDir| {
 });
 
 georep_test!(session_live_all_mutations_at_once, |t: TestDir| {
-    build_full_tree(&t.src);
-    let s = started(&t, "all", &[]);
-    for (_, mutate) in ALL_MUTATIONS {
-        mutate(&t.src);
-    }
-    s.wait_converged("all mutations at once");
-    s.stop();
-    assert_converged(&s);
+    all_mutations_at_once(&t, "all", &[]);
 });
 
 // Batches of one change and no delay: a rename's halves, a new directory and its
 // files, a type change and its contents all land in different batches.
 georep_test!(session_live_tiny_batches, |t: TestDir| {
-    build_full_tree(&t.src);
-    let s = started(&t, "tiny", &["batch_max_changes=1", "batch_delay_ms=0"]);
-    for (_, mutate) in ALL_MUTATIONS {
-        mutate(&t.src);
-    }
-    s.wait_converged("all mutations, one change per batch");
-    s.stop();
-    assert_converged(&s);
+    all_mutations_at_once(&t, "tiny", &["batch_max_changes=1", "batch_delay_ms=0"]);
 });
 
 // Coalescing: what a batch sees settled is what ships. A temporary created,
@@ -1931,27 +1821,6 @@ georep_test!(session_foreground_until_stopped, |t: TestDir| {
 
 // ---- 11. Over SSH
 
-/// A few changes of different kinds, as ssh.rs's `mutate`.
-fn mutate_over_ssh(src: &Path) {
-    write_at(&src.join("files/big3m"), MIB, &random_bytes(77, 4096));
-    touch_same_second(&src.join("files/f4096"));
-    append(&src.join("files/f100000"), b"appended over ssh");
-    chmod(&src.join("modes/setuid"), 0o644);
-    set_xattr(&src.join("files/one"), "user.over_ssh", b"yes");
-    remove(&src.join("links/relative"));
-    symlink("../files/empty", &src.join("links/relative"));
-    rename(
-        &src.join("nested/a/sibling"),
-        &src.join("nested/sibling_moved"),
-    );
-    hard_link(
-        &src.join("hardlinks/pair_a"),
-        &src.join("hardlinks/more/pair_c"),
-    );
-    write_file(&src.join("new_dir/new_file"), b"new over ssh");
-    remove(&src.join("deep"));
-}
-
 georep_test!(session_over_ssh, |t: TestDir| {
     // Declared before the session: dropped after it, once the daemon has stopped.
     let mut sshd = Sshd::start(&t.root);
@@ -1963,7 +1832,7 @@ georep_test!(session_over_ssh, |t: TestDir| {
     s.create_ok(&sshd.url(&t.dst), &[&identity, &known_hosts, &remote]);
     s.start();
     s.wait_converged("initial sync over ssh");
-    mutate_over_ssh(&t.src);
+    a_few_of_each(&t.src);
     s.wait_converged("changes over ssh");
     write_file(&t.src.join("new_dir/second"), b"second batch");
     rename_over_existing(&t.src);

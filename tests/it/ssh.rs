@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use crate::support::fixture::*;
 use crate::support::fs::*;
 use crate::support::harness::{assert_absent, assert_noop, SyncRun};
+use crate::support::mutations::a_few_of_each;
 use crate::support::process::{georep, kill_group, output, spawn};
 use crate::support::sshd::{forced_command_line, KeyKind, KnownHosts, Sshd};
 use crate::support::tree::*;
@@ -115,29 +116,6 @@ fn assert_names_fingerprint(run: &SyncRun, sshd: &Sshd) {
     );
 }
 
-/// A few changes of different kinds to the full fixture: content in place (a delta),
-/// same-size same-second content, growth, mode, xattr, symlink, rename, hard link,
-/// new and deleted entries.
-fn mutate(src: &Path) {
-    write_at(&src.join("files/big3m"), MIB, &random_bytes(77, 4096));
-    touch_same_second(&src.join("files/f4096"));
-    append(&src.join("files/f100000"), b"appended over ssh");
-    chmod(&src.join("modes/setuid"), 0o644);
-    set_xattr(&src.join("files/one"), "user.over_ssh", b"yes");
-    remove(&src.join("links/relative"));
-    symlink("../files/empty", &src.join("links/relative"));
-    rename(
-        &src.join("nested/a/sibling"),
-        &src.join("nested/sibling_moved"),
-    );
-    hard_link(
-        &src.join("hardlinks/pair_a"),
-        &src.join("hardlinks/more/pair_c"),
-    );
-    write_file(&src.join("new_dir/new_file"), b"new over ssh");
-    remove(&src.join("deep"));
-}
-
 /// Full tree, then a no-op run, then [`mutate`] and a run that must send a delta,
 /// then a no-op run again: everything through `opts` to `target` (which is `dst`).
 fn replicate_full_tree(t: &TestDir, opts: &[String], target: &str, dst: &Path) {
@@ -150,7 +128,7 @@ fn replicate_full_tree(t: &TestDir, opts: &[String], target: &str, dst: &Path) {
     assert_noop(&sync_ok_to(t, opts, target));
     assert_converged(&t.src, dst);
 
-    mutate(&t.src);
+    a_few_of_each(&t.src);
     let second = sync_ok_to(t, opts, target);
     assert!(
         second.bytes_matched > 0,
@@ -813,7 +791,7 @@ georep_test!(
         sync_ok_to(&t, &opts, &sshd.url(&a));
         assert_converged(&t.src, &a);
 
-        mutate(&t.src);
+        a_few_of_each(&t.src);
         let snapshot = t.path("snapshot_a");
         cp_a(&a, &snapshot);
         let targets = [
@@ -885,7 +863,7 @@ georep_test!(ssh_volumes, |t: TestDir| {
     );
     assert_fails(&run, EXIT_TARGET, &sshd);
     assert!(run.stderr.contains("nope"), "{run}");
-    mutate(&t.src);
+    a_few_of_each(&t.src);
     sync_ok_to(
         &t,
         &ssh_command_opts(sshd.ssh_command()),

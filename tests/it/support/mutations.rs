@@ -158,3 +158,26 @@ pub fn new_special_files(src: &Path) {
         );
     }
 }
+
+/// A few changes of different kinds to the full fixture: content in place (a delta),
+/// same-size same-second content, growth, mode, xattr, symlink, rename, hard link,
+/// new and deleted entries.
+pub fn a_few_of_each(src: &Path) {
+    write_at(&src.join("files/big3m"), MIB, &random_bytes(77, 4096));
+    touch_same_second(&src.join("files/f4096"));
+    append(&src.join("files/f100000"), b"appended over ssh");
+    chmod(&src.join("modes/setuid"), 0o644);
+    set_xattr(&src.join("files/one"), "user.over_ssh", b"yes");
+    remove(&src.join("links/relative"));
+    symlink("../files/empty", &src.join("links/relative"));
+    rename(
+        &src.join("nested/a/sibling"),
+        &src.join("nested/sibling_moved"),
+    );
+    hard_link(
+        &src.join("hardlinks/pair_a"),
+        &src.join("hardlinks/more/pair_c"),
+    );
+    write_file(&src.join("new_dir/new_file"), b"new over ssh");
+    remove(&src.join("deep"));
+}

@@ -23,7 +23,6 @@
 //! per-connection sshd processes (they call setsid, so a process group would not
 //! reach them) and the commands they run, such as `georep slave`.
 
-use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::io::{ErrorKind, Read};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -34,9 +33,8 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rustix::process::{kill_process, Pid, Signal};
-
 use super::fs::show;
+use super::process::{descendants, kill_tree};
 
 /// How long sshd may take to listen.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -307,46 +305,14 @@ impl Sshd {
     }
 
     /// SIGKILLs the daemon and every process below it, and waits until all are dead.
-    ///
-    /// The whole tree is frozen first (SIGSTOP, repeated until no new process shows
-    /// up), since a killed process's children are reparented and could no longer be
-    /// found through the daemon.
     pub fn kill(&mut self) {
         let Some(mut daemon) = self.daemon.take() else {
             return;
         };
-        let root = daemon.id();
-        let mut frozen: BTreeSet<u32> = BTreeSet::new();
-        signal(root, Signal::STOP);
-        wait_stopped(root);
-        loop {
-            let found: Vec<u32> = descendants(root)
-                .into_iter()
-                .filter(|p| !frozen.contains(p))
-                .collect();
-            if found.is_empty() {
-                break;
-            }
-            for &p in &found {
-                signal(p, Signal::STOP);
-            }
-            for &p in &found {
-                wait_stopped(p);
-                frozen.insert(p);
-            }
-        }
-        signal(root, Signal::KILL);
-        for &p in &frozen {
-            signal(p, Signal::KILL);
+        if let Err(e) = kill_tree(daemon.id()) {
+            panic!("sshd: {e}");
         }
         let _ = daemon.wait();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        for &p in &frozen {
-            while is_alive(p) {
-                assert!(Instant::now() < deadline, "process {p} survives SIGKILL");
-                thread::sleep(Duration::from_millis(5));
-            }
-        }
     }
 
     /// Picks a free port (or tries `port` first), writes the configuration and the
@@ -653,64 +619,4 @@ fn write_lines(path: &Path, lines: &[String]) {
         fs::create_dir_all(parent).unwrap_or_else(|e| panic!("mkdir {}: {e}", show(parent)));
     }
     write(path, &text);
-}
-
-// ---- Processes, through /proc
-
-/// `(ppid, state)` of a process, None when it is gone.
-fn stat(pid: u32) -> Option<(u32, char)> {
-    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
-    let (_, rest) = text.rsplit_once(')')?;
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    Some((ppid, state))
-}
-
-fn descendants(root: u32) -> BTreeSet<u32> {
-    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
-    if let Ok(entries) = fs::read_dir("/proc") {
-        for e in entries.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            if let Some((ppid, _)) = stat(pid) {
-                children.entry(ppid).or_default().push(pid);
-            }
-        }
-    }
-    let mut out = BTreeSet::new();
-    let mut todo = vec![root];
-    while let Some(p) = todo.pop() {
-        for &c in children.get(&p).into_iter().flatten() {
-            if out.insert(c) {
-                todo.push(c);
-            }
-        }
-    }
-    out
-}
-
-fn signal(pid: u32, sig: Signal) {
-    if let Some(pid) = Pid::from_raw(pid as i32) {
-        // ESRCH: already gone.
-        let _ = kill_process(pid, sig);
-    }
-}
-
-/// Alive: present and neither a zombie nor dead.
-fn is_alive(pid: u32) -> bool {
-    matches!(stat(pid), Some((_, s)) if !matches!(s, 'Z' | 'X' | 'x'))
-}
-
-/// Waits (bounded) until `pid` is stopped or gone: SIGSTOP is asynchronous.
-fn wait_stopped(pid: u32) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while let Some((_, state)) = stat(pid) {
-        if matches!(state, 'T' | 't' | 'Z' | 'X' | 'x') || Instant::now() > deadline {
-            return;
-        }
-        thread::sleep(Duration::from_millis(1));
-    }
 }
