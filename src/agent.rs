@@ -22,8 +22,8 @@ use crate::confine::{self, show, PathError, Root};
 use crate::delta::{self, hash_zeros};
 use crate::error::Exit;
 use crate::meta::{self, ApplyOpts, Kind, Meta, ScanOpts, TEMP_PREFIX};
-use crate::proto::{self, FsyncPolicy, Hello, Msg};
-use crate::wire::{self, WireError};
+use crate::proto::frame::{self as wire, WireError};
+use crate::proto::{self, FsyncPolicy, Hello, Msg, Side};
 
 /// Files being received at once; a master keeps far fewer in flight.
 const MAX_OPEN_FILES: usize = 256;
@@ -165,7 +165,7 @@ impl<W: Write> Agent<W> {
         let mut buf = Vec::new();
         loop {
             let msg = match wire::read_frame(&mut input, &mut buf) {
-                Ok(Some(kind)) => Msg::decode(kind, &buf),
+                Ok(Some(kind)) => Msg::decode_from(Side::Master, kind, &buf),
                 Ok(None) if self.finished => return Exit::Ok,
                 Ok(None) => {
                     eprintln!("georep slave: master closed the stream before finishing");

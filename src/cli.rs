@@ -158,7 +158,7 @@ pub struct SyncArgs {
     #[arg(short, long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub jobs: u16,
     /// When the target makes data durable.
-    #[arg(long, value_enum, default_value = "batch")]
+    #[arg(long, default_value = "batch", value_name = "file|batch|none")]
     pub fsync: FsyncPolicy,
     /// Never draw a progress bar.
     #[arg(long)]

@@ -18,4 +18,3 @@ pub mod target;
 pub mod transport;
 pub mod volumes;
 pub mod watch;
-pub mod wire;

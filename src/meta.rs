@@ -10,8 +10,6 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat, Timestamps};
 
-use crate::wire::{Dec, Enc, WireError};
-
 /// The kinds of entry georep replicates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -96,51 +94,6 @@ impl Meta {
             xattrs,
         }
     }
-
-    pub fn encode(&self, e: &mut Enc) {
-        e.u32(self.mode)
-            .u32(self.uid)
-            .u32(self.gid)
-            .i64(self.mtime_sec)
-            .u32(self.mtime_nsec)
-            .u32(self.xattrs.len() as u32);
-        for (k, v) in &self.xattrs {
-            e.bytes(k).bytes(v);
-        }
-    }
-
-    pub fn decode(d: &mut Dec) -> Result<Meta, WireError> {
-        let mode = d.u32()?;
-        let uid = d.u32()?;
-        let gid = d.u32()?;
-        let mtime_sec = d.i64()?;
-        let mtime_nsec = d.u32()?;
-        if mode > 0o7777 || mtime_nsec >= 1_000_000_000 {
-            return Err(WireError::Malformed("metadata"));
-        }
-        let n = d.u32()? as usize;
-        // Each xattr takes at least 8 bytes: refuse counts the frame cannot hold.
-        if n > d.remaining() / 8 {
-            return Err(WireError::Malformed("metadata"));
-        }
-        let mut xattrs = Vec::with_capacity(n);
-        for _ in 0..n {
-            let k = d.bytes()?.to_vec();
-            let v = d.bytes()?.to_vec();
-            if k.is_empty() || k.contains(&0) {
-                return Err(WireError::Malformed("xattr name"));
-            }
-            xattrs.push((k, v));
-        }
-        Ok(Meta {
-            mode,
-            uid,
-            gid,
-            mtime_sec,
-            mtime_nsec,
-            xattrs,
-        })
-    }
 }
 
 /// One directory entry as scanned on either side.
@@ -158,51 +111,6 @@ pub struct Entry {
     pub target: Vec<u8>,
     /// BLAKE3 of a regular file's content, only when `--checksum` asked for it.
     pub hash: Option<[u8; 32]>,
-}
-
-impl Entry {
-    pub fn encode(&self, e: &mut Enc) {
-        e.bytes(&self.name)
-            .u8(self.kind as u8)
-            .u64(self.size)
-            .u64(self.ino)
-            .u64(self.nlink)
-            .u64(self.rdev)
-            .bytes(&self.target);
-        self.meta.encode(e);
-        match &self.hash {
-            Some(h) => e.u8(1).raw(h),
-            None => e.u8(0),
-        };
-    }
-
-    pub fn decode(d: &mut Dec) -> Result<Entry, WireError> {
-        let name = d.bytes()?.to_vec();
-        let kind = Kind::from_u8(d.u8()?).ok_or(WireError::Malformed("entry kind"))?;
-        let size = d.u64()?;
-        let ino = d.u64()?;
-        let nlink = d.u64()?;
-        let rdev = d.u64()?;
-        let target = d.bytes()?.to_vec();
-        let meta = Meta::decode(d)?;
-        let hash = match d.u8()? {
-            0 => None,
-            1 => Some(d.array::<32>()?),
-            _ => return Err(WireError::Malformed("entry hash")),
-        };
-        Ok(Entry {
-            name,
-            kind,
-            meta,
-            size,
-            dev: 0,
-            ino,
-            nlink,
-            rdev,
-            target,
-            hash,
-        })
-    }
 }
 
 /// What a scan reads besides the stat.
@@ -507,30 +415,4 @@ fn chmod_nofollow(dir: BorrowedFd, name: &[u8], mode: u32) -> io::Result<()> {
     let p = format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd());
     rustix::fs::chmod(p.as_str(), Mode::from_raw_mode(mode))?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn meta_round_trip_and_hostile_counts() {
-        let m = Meta {
-            mode: 0o4755,
-            uid: 1,
-            gid: 2,
-            mtime_sec: -5,
-            mtime_nsec: 999_999_999,
-            xattrs: vec![(b"user.a".to_vec(), vec![0, 1])],
-        };
-        let mut e = Enc::new(0);
-        m.encode(&mut e);
-        let mut d = Dec::new(&e.0[1..], "t");
-        assert_eq!(Meta::decode(&mut d).unwrap(), m);
-        d.end().unwrap();
-
-        let mut e = Enc::new(0);
-        e.u32(0).u32(0).u32(0).i64(0).u32(0).u32(u32::MAX);
-        assert!(Meta::decode(&mut Dec::new(&e.0[1..], "t")).is_err());
-    }
 }

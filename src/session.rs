@@ -198,10 +198,7 @@ impl SessionConfig {
         let bad = SessionError::BadConfig;
         let target = Target::parse(&self.target).map_err(bad)?;
         let excluder = Excluder::new(&self.exclude, &[]).map_err(SessionError::BadConfig)?;
-        let fsync =
-            <FsyncPolicy as clap::ValueEnum>::from_str(&self.fsync, true).map_err(|_| {
-                SessionError::BadConfig(format!("fsync {:?}: use file, batch or none", self.fsync))
-            })?;
+        let fsync: FsyncPolicy = self.fsync.parse().map_err(SessionError::BadConfig)?;
         if self.jobs == 0 || self.batch_max_changes == 0 {
             return Err(SessionError::BadConfig(
                 "jobs and batch_max_changes must be positive".into(),

@@ -16,11 +16,11 @@ use std::time::Duration;
 
 use crate::confine::show;
 use crate::error::{Error, Result};
-use crate::proto::Msg;
+use crate::proto::frame as wire;
+use crate::proto::{Msg, Side};
 use crate::sync::report::Reporter;
 use crate::sync::worker::DataJob;
 use crate::transport::{Ending, Link};
-use crate::wire;
 
 /// Reply route for messages without an id (Hello, Finished).
 pub const CONTROL: u64 = 0;
@@ -189,7 +189,7 @@ fn recv_loop(reader: Box<dyn Read + Send>, s: &Shared, reporter: &Reporter) {
             Ok(Some(kind)) => {
                 s.bytes_received
                     .fetch_add(buf.len() as u64 + 5, Ordering::Relaxed);
-                match Msg::decode(kind, &buf) {
+                match Msg::decode_from(Side::Slave, kind, &buf) {
                     Ok(m) => m,
                     Err(e) => break Error::Protocol(format!("bad frame from slave: {e}")),
                 }

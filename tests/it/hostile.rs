@@ -25,8 +25,8 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use georep::meta::{Kind, Meta};
+use georep::proto::frame::{read_frame, write_frame, Enc, MAX_FRAME};
 use georep::proto::{FsyncPolicy, Hello, Msg, FEATURES, VERSION};
-use georep::wire::{read_frame, write_frame, Enc, MAX_FRAME};
 
 use crate::support::fs::{
     bpath, lstat, random_bytes, read_file, set_mtime_ns, set_xattr, show, symlink, write_file,

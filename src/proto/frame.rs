@@ -25,6 +25,8 @@ pub enum WireError {
     Malformed(&'static str),
     #[error("unknown message kind {0}")]
     UnknownKind(u8),
+    #[error("{0} is not the peer's to send")]
+    WrongDirection(&'static str),
     #[error(transparent)]
     Io(#[from] io::Error),
 }

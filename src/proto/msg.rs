@@ -1,59 +1,16 @@
 //! The georep protocol's messages (documented in docs/PROTOCOL.md).
 //!
-//! One enum covers both directions; each side refuses the messages that only
-//! the other may send. Decoding is strict: trailing bytes, unknown kinds and
-//! impossible values are errors.
+//! One enum carries both directions and one table ([`super::kinds`]) says
+//! which side may send each kind: a peer that sends what only the other side
+//! may is refused at decoding ([`Msg::decode_from`]), before anything acts on
+//! it. Decoding is strict: trailing bytes, unknown kinds and impossible
+//! values are errors.
 
+use super::codec;
+use super::frame::{Dec, Enc, WireError};
+use super::kinds::{k, name_of, sender_of, Side};
+use super::{FsyncPolicy, Hello, MAGIC};
 use crate::meta::{Entry, Kind, Meta};
-use crate::wire::{Dec, Enc, WireError};
-
-/// Protocol version; both sides must speak the same one.
-pub const VERSION: u32 = 2;
-/// First bytes of a Hello payload, so that a stray banner is caught early.
-pub const MAGIC: &[u8; 8] = b"GEOREP\0\x01";
-
-/// Optional features, announced in Hello and used only when both sides have them.
-pub mod feature {
-    pub const XATTRS: u64 = 1 << 0;
-    pub const CHECKSUM: u64 = 1 << 1;
-    /// FileData and FileDelta payloads may be zstd-compressed.
-    pub const ZSTD: u64 = 1 << 2;
-}
-pub const FEATURES: u64 = feature::XATTRS | feature::CHECKSUM | feature::ZSTD;
-
-/// When the slave makes data durable.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-#[repr(u8)]
-pub enum FsyncPolicy {
-    /// fsync every file before it is renamed into place.
-    File = 0,
-    /// syncfs once before the final acknowledgement (default).
-    Batch = 1,
-    /// Leave it to the kernel.
-    None = 2,
-}
-
-impl FsyncPolicy {
-    fn from_u8(v: u8) -> Option<Self> {
-        Some(match v {
-            0 => FsyncPolicy::File,
-            1 => FsyncPolicy::Batch,
-            2 => FsyncPolicy::None,
-            _ => return None,
-        })
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct Hello {
-    pub version: u32,
-    pub features: u64,
-    /// Slave: it runs as root and can set owners, devices and trusted xattrs.
-    pub privileged: bool,
-    /// Master: make no change on the slave (and do not create its root).
-    pub dry_run: bool,
-    pub fsync: FsyncPolicy,
-}
 
 #[derive(Clone, Debug)]
 pub enum Msg {
@@ -199,46 +156,6 @@ pub enum Msg {
     },
 }
 
-mod k {
-    pub const HELLO: u8 = 1;
-    pub const LIST_DIR: u8 = 2;
-    pub const DIR_ENTRIES: u8 = 3;
-    pub const MKDIR: u8 = 4;
-    pub const SYMLINK: u8 = 5;
-    pub const MKNOD: u8 = 6;
-    pub const REMOVE: u8 = 7;
-    pub const LINK: u8 = 8;
-    pub const SET_META: u8 = 9;
-    pub const DIR_META: u8 = 10;
-    pub const SIG_REQ: u8 = 11;
-    pub const SIG_CHUNK: u8 = 12;
-    pub const SIG_END: u8 = 13;
-    pub const SIG_FAIL: u8 = 14;
-    pub const FILE_BEGIN: u8 = 15;
-    pub const FILE_DATA: u8 = 16;
-    pub const FILE_DELTA: u8 = 17;
-    pub const FILE_END: u8 = 18;
-    pub const FILE_ABORT: u8 = 19;
-    pub const VERIFIED: u8 = 20;
-    pub const BARRIER: u8 = 21;
-    pub const BARRIER_ACK: u8 = 22;
-    pub const OP_ERROR: u8 = 23;
-    pub const FINISH: u8 = 24;
-    pub const FINISHED: u8 = 25;
-    pub const FATAL: u8 = 26;
-    pub const FILE_HOLE: u8 = 27;
-    pub const RENAME: u8 = 28;
-    pub const LIST_NAMES: u8 = 29;
-}
-
-fn string(d: &mut Dec) -> Result<String, WireError> {
-    Ok(String::from_utf8_lossy(d.bytes()?).into_owned())
-}
-
-fn kind(d: &mut Dec) -> Result<Kind, WireError> {
-    Kind::from_u8(d.u8()?).ok_or(WireError::Malformed("entry kind"))
-}
-
 impl Msg {
     /// Encodes the frame body (kind byte first).
     pub fn encode(&self) -> Vec<u8> {
@@ -289,7 +206,7 @@ impl Msg {
                 match this {
                     Some(t) => {
                         e.u8(1);
-                        t.encode(&mut e);
+                        codec::put_entry(&mut e, t);
                     }
                     None => {
                         e.u8(0);
@@ -297,7 +214,7 @@ impl Msg {
                 }
                 e.u32(entries.len() as u32);
                 for en in entries {
-                    en.encode(&mut e);
+                    codec::put_entry(&mut e, en);
                 }
                 e
             }
@@ -309,7 +226,7 @@ impl Msg {
             Msg::Symlink { path, target, meta } => {
                 let mut e = Enc::new(k::SYMLINK);
                 e.bytes(path).bytes(target);
-                meta.encode(&mut e);
+                codec::put_meta(&mut e, meta);
                 e
             }
             Msg::Mknod {
@@ -320,7 +237,7 @@ impl Msg {
             } => {
                 let mut e = Enc::new(k::MKNOD);
                 e.bytes(path).u8(*kind as u8).u64(*rdev);
-                meta.encode(&mut e);
+                codec::put_meta(&mut e, meta);
                 e
             }
             Msg::Remove { path } => {
@@ -336,13 +253,13 @@ impl Msg {
             Msg::SetMeta { path, kind, meta } => {
                 let mut e = Enc::new(k::SET_META);
                 e.bytes(path).u8(*kind as u8);
-                meta.encode(&mut e);
+                codec::put_meta(&mut e, meta);
                 e
             }
             Msg::DirMeta { path, meta } => {
                 let mut e = Enc::new(k::DIR_META);
                 e.bytes(path);
-                meta.encode(&mut e);
+                codec::put_meta(&mut e, meta);
                 e
             }
             Msg::SigReq {
@@ -403,7 +320,7 @@ impl Msg {
             Msg::FileEnd { id, hash, meta } => {
                 let mut e = Enc::new(k::FILE_END);
                 e.u64(*id).raw(hash);
-                meta.encode(&mut e);
+                codec::put_meta(&mut e, meta);
                 e
             }
             Msg::FileAbort { id } => {
@@ -452,7 +369,18 @@ impl Msg {
         e.0
     }
 
-    /// Decodes one frame's payload.
+    /// Decodes one frame's payload from `peer`, refusing a kind that only
+    /// the other side may send.
+    pub fn decode_from(peer: Side, kind_byte: u8, p: &[u8]) -> Result<Msg, WireError> {
+        match sender_of(kind_byte) {
+            Some(s) if s != peer && s != Side::Either => {
+                Err(WireError::WrongDirection(name_of(kind_byte)))
+            }
+            _ => Msg::decode(kind_byte, p),
+        }
+    }
+
+    /// Decodes one frame's payload, whichever side sent it.
     pub fn decode(kind_byte: u8, p: &[u8]) -> Result<Msg, WireError> {
         let mut d = Dec::new(p, name_of(kind_byte));
         let d = &mut d;
@@ -505,7 +433,7 @@ impl Msg {
                 let last = d.bool()?;
                 let this = match d.u8()? {
                     0 => None,
-                    1 => Some(Entry::decode(d)?),
+                    1 => Some(codec::get_entry(d)?),
                     _ => return Err(WireError::Malformed("dir entries")),
                 };
                 let n = d.u32()? as usize;
@@ -515,7 +443,7 @@ impl Msg {
                 }
                 let mut entries = Vec::with_capacity(n);
                 for _ in 0..n {
-                    entries.push(Entry::decode(d)?);
+                    entries.push(codec::get_entry(d)?);
                 }
                 Msg::DirEntries {
                     id,
@@ -530,13 +458,13 @@ impl Msg {
             k::SYMLINK => Msg::Symlink {
                 path: d.bytes()?.to_vec(),
                 target: d.bytes()?.to_vec(),
-                meta: Meta::decode(d)?,
+                meta: codec::get_meta(d)?,
             },
             k::MKNOD => Msg::Mknod {
                 path: d.bytes()?.to_vec(),
-                kind: kind(d)?,
+                kind: codec::get_kind(d)?,
                 rdev: d.u64()?,
-                meta: Meta::decode(d)?,
+                meta: codec::get_meta(d)?,
             },
             k::REMOVE => Msg::Remove {
                 path: d.bytes()?.to_vec(),
@@ -547,12 +475,12 @@ impl Msg {
             },
             k::SET_META => Msg::SetMeta {
                 path: d.bytes()?.to_vec(),
-                kind: kind(d)?,
-                meta: Meta::decode(d)?,
+                kind: codec::get_kind(d)?,
+                meta: codec::get_meta(d)?,
             },
             k::DIR_META => Msg::DirMeta {
                 path: d.bytes()?.to_vec(),
-                meta: Meta::decode(d)?,
+                meta: codec::get_meta(d)?,
             },
             k::SIG_REQ => Msg::SigReq {
                 id: d.u64()?,
@@ -570,7 +498,7 @@ impl Msg {
             },
             k::SIG_FAIL => Msg::SigFail {
                 id: d.u64()?,
-                message: string(d)?,
+                message: codec::get_string(d)?,
             },
             k::FILE_BEGIN => Msg::FileBegin {
                 id: d.u64()?,
@@ -593,7 +521,7 @@ impl Msg {
             k::FILE_END => Msg::FileEnd {
                 id: d.u64()?,
                 hash: d.array::<32>()?,
-                meta: Meta::decode(d)?,
+                meta: codec::get_meta(d)?,
             },
             k::FILE_ABORT => Msg::FileAbort { id: d.u64()? },
             k::RENAME => Msg::Rename {
@@ -612,13 +540,13 @@ impl Msg {
             k::BARRIER_ACK => Msg::BarrierAck { id: d.u64()? },
             k::OP_ERROR => Msg::OpError {
                 path: d.bytes()?.to_vec(),
-                message: string(d)?,
+                message: codec::get_string(d)?,
             },
             k::FINISH => Msg::Finish,
             k::FINISHED => Msg::Finished,
             k::FATAL => Msg::Fatal {
                 code: d.u8()?,
-                message: string(d)?,
+                message: codec::get_string(d)?,
             },
             other => return Err(WireError::UnknownKind(other)),
         };
@@ -629,45 +557,10 @@ impl Msg {
     }
 }
 
-fn name_of(kind: u8) -> &'static str {
-    const NAMES: [&str; 30] = [
-        "?",
-        "hello",
-        "list-dir",
-        "dir-entries",
-        "mkdir",
-        "symlink",
-        "mknod",
-        "remove",
-        "link",
-        "set-meta",
-        "dir-meta",
-        "sig-req",
-        "sig-chunk",
-        "sig-end",
-        "sig-fail",
-        "file-begin",
-        "file-data",
-        "file-delta",
-        "file-end",
-        "file-abort",
-        "verified",
-        "barrier",
-        "barrier-ack",
-        "op-error",
-        "finish",
-        "finished",
-        "fatal",
-        "file-hole",
-        "rename",
-        "list-names",
-    ];
-    NAMES.get(kind as usize).copied().unwrap_or("unknown")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::{FEATURES, VERSION};
 
     #[test]
     fn every_message_round_trips() {
