@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use georep::journal::{Journal, NewChange, Op, Writer};
+use georep::journal::{Committed, Journal, NewChange, Op, Writer};
 use georep::watch::Recorder;
 
 fn main() {
@@ -24,6 +24,7 @@ fn main() {
         Journal::open(&db).expect("journal"),
         4096,
         Duration::from_millis(5),
+        std::sync::Arc::new(Committed::default()),
     );
     let tx = w.sender();
     let start = Instant::now();
@@ -51,6 +52,7 @@ fn main() {
         Journal::open(&db2).expect("journal"),
         4096,
         Duration::from_millis(5),
+        std::sync::Arc::new(Committed::default()),
     );
     let rec = Recorder::start(&root, w.sender()).expect("watch");
     let start = Instant::now();

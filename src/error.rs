@@ -1,22 +1,27 @@
 //! Error policy.
 //!
-//! Library code returns [`Error`], which carries enough context to print one
-//! clear line and knows two things about itself: the documented exit code it
-//! maps to, and whether retrying the same run can help (a dropped connection
-//! can; a source that is not a directory cannot). `anyhow` is used only in
-//! `main`. Per-entry failures (an unreadable file) are not errors of the run:
-//! they are counted in the summary and turn the exit code into [`Exit::Partial`].
+//! Library code returns [`Error`], the one vocabulary of the crate. Each error
+//! carries enough context to print one clear line and knows two things about
+//! itself: the documented exit code it maps to ([`Error::exit`], the README's
+//! table), and whether running again unchanged can succeed
+//! ([`Error::is_temporary`]): a dropped connection can, a changed host key or
+//! a source that is not a directory cannot. The session monitor retries only
+//! temporary errors; a permanent one leaves the session Faulty until the
+//! operator acts. Per-entry failures (an unreadable file) are not errors of
+//! the run: they are counted and turn the exit code into [`Exit::Partial`].
 
 use std::io;
 
-/// Documented exit codes (README and docs/CLI.md).
+use crate::journal::JournalError;
+
+/// Documented exit codes (README, "Exit codes").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Exit {
     Ok = 0,
     /// An unexpected failure not covered below.
     Other = 1,
-    /// Bad command line (clap's own code).
+    /// Bad command line or configuration value.
     Usage = 2,
     /// SOURCE is missing, unreadable or not a directory.
     Source = 3,
@@ -26,8 +31,11 @@ pub enum Exit {
     Protocol = 5,
     /// The SSH connection or authentication failed, or the host key is not trusted.
     Ssh = 6,
-    /// A session command failed: unknown or existing session, already running.
+    /// A session command failed: unknown or existing session, already
+    /// running, or its daemon could not start.
     Session = 7,
+    /// The state directory or a session's journal cannot be read or written.
+    State = 8,
     /// Some entries failed; everything else was replicated.
     Partial = 23,
 }
@@ -42,6 +50,7 @@ impl Exit {
             5 => Exit::Protocol,
             6 => Exit::Ssh,
             7 => Exit::Session,
+            8 => Exit::State,
             23 => Exit::Partial,
             _ => Exit::Other,
         }
@@ -59,9 +68,10 @@ pub enum Error {
     /// The slave reported a fatal error and stopped.
     #[error("slave: {message}")]
     Remote { code: u8, message: String },
-    /// Could not set up the SSH connection (refused, host key, authentication).
+    /// Could not set up the SSH connection; `temporary` when the host may
+    /// just be unreachable for now (not a refused key or authentication).
     #[error("ssh: {message}")]
-    Ssh { message: String },
+    Ssh { message: String, temporary: bool },
     /// The connection to the slave broke.
     #[error("connection to slave lost: {0}")]
     Disconnected(String),
@@ -69,6 +79,27 @@ pub enum Error {
     /// not ack such a round, it retries it.
     #[error("{failed} entries failed to replicate")]
     Partial { failed: u64 },
+    /// A bad configuration key or value, or bad arguments found after parsing.
+    #[error("{0}")]
+    Usage(String),
+    #[error("no session named {0:?}")]
+    UnknownSession(String),
+    #[error("a session named {0:?} exists already")]
+    SessionExists(String),
+    #[error("session {0:?} is running; stop it first")]
+    Running(String),
+    /// A session's daemon did not come up (the reason is in its log).
+    #[error("{0}")]
+    DaemonStart(String),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// The state directory (sessions, status, pid files) failed us.
+    #[error("{context}: {source}")]
+    State {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -85,6 +116,22 @@ impl Error {
         }
     }
 
+    /// An SSH failure that retrying will not mend.
+    pub fn ssh(message: impl Into<String>) -> Error {
+        Error::Ssh {
+            message: message.into(),
+            temporary: false,
+        }
+    }
+
+    /// An SSH failure that may pass (host down, network, ssh exiting 255).
+    pub fn ssh_temporary(message: impl Into<String>) -> Error {
+        Error::Ssh {
+            message: message.into(),
+            temporary: true,
+        }
+    }
+
     pub fn exit(&self) -> Exit {
         match self {
             Error::Source { .. } => Exit::Source,
@@ -96,17 +143,36 @@ impl Error {
                 Exit::Ok | Exit::Other | Exit::Partial | Exit::Usage => Exit::Protocol,
                 e => e,
             },
+            Error::Usage(_) => Exit::Usage,
+            Error::UnknownSession(_)
+            | Error::SessionExists(_)
+            | Error::Running(_)
+            | Error::DaemonStart(_) => Exit::Session,
+            Error::Journal(_) | Error::State { .. } => Exit::State,
             Error::Io { .. } => Exit::Other,
         }
     }
 
     /// Whether running again unchanged may succeed.
     pub fn is_temporary(&self) -> bool {
-        matches!(
-            self,
-            Error::Disconnected(_) | Error::Io { .. } | Error::Partial { .. }
-        )
+        match self {
+            Error::Disconnected(_) | Error::Io { .. } | Error::Partial { .. } => true,
+            Error::Ssh { temporary, .. } => *temporary,
+            // The slave's own words: a target it cannot write may be a full
+            // disk; a refusal of the protocol or of the root is not.
+            Error::Remote { code, .. } => Exit::from_code(*code) == Exit::Target,
+            // A busy or locked database clears; a corrupt one does not.
+            Error::Journal(j) => j.is_busy(),
+            _ => false,
+        }
     }
+}
+
+/// Maps an I/O error on the state directory to an error that says what was
+/// being done.
+pub fn state(context: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
+    let context = context.into();
+    move |source| Error::State { context, source }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

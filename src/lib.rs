@@ -1,20 +1,27 @@
-//! georep: file-level geo-replication. See DESIGN.md for the map; each
-//! module below is one concern.
+//! georep: file-level geo-replication. docs/ARCHITECTURE.md is the map;
+//! each module below is one concern. The import graph reads top-down:
+//! cli → monitor → worker → (status, session, config, plan, shutdown) →
+//! replicate → (transport, agent) → proto and the leaves.
 
 pub mod agent;
 pub mod cli;
+pub mod config;
 pub mod confine;
-pub mod daemon;
 pub mod delta;
 pub mod error;
 pub mod exclude;
 pub mod journal;
 pub mod keys;
 pub mod meta;
+pub mod monitor;
+pub mod plan;
 pub mod proto;
+pub mod replicate;
 pub mod session;
-pub mod sync;
+pub mod shutdown;
+pub mod status;
 pub mod target;
 pub mod transport;
 pub mod volumes;
 pub mod watch;
+pub mod worker;

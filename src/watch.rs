@@ -228,7 +228,12 @@ mod tests {
         std::fs::create_dir_all(&root).unwrap();
         std::fs::create_dir_all(&outside).unwrap();
         let db = t.path().join("journal.db");
-        let w = Writer::start(Journal::open(&db).unwrap(), 100, Duration::from_millis(2));
+        let w = Writer::start(
+            Journal::open(&db).unwrap(),
+            100,
+            Duration::from_millis(2),
+            std::sync::Arc::new(crate::journal::Committed::default()),
+        );
         let rec = Recorder::start(&root, w.sender()).unwrap();
 
         let odd = std::ffi::OsStr::from_bytes(b"f\xff\n");

@@ -1,13 +1,18 @@
 //! Transports: how the master reaches a `georep slave`. Every run goes
 //! through the protocol, local targets included (DESIGN.md section 1).
-//! Three implementations: a local child process, russh (the default for
-//! SSH targets) and an external command such as `ssh` (rsync's `-e`).
+//! Implementations: a local child process or an external command such as
+//! `ssh` (rsync's `-e`) in [`child`], russh (the default for SSH targets) in
+//! [`ssh`], and the slave on a thread of this process in [`memory`] (for
+//! engine tests that need no second process).
 
+pub mod child;
+pub mod memory;
 pub mod ssh;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+
+pub use child::ChildProcess;
 
 use crate::error::{Error, Result};
 use crate::target::{Place, Target};
@@ -38,53 +43,6 @@ pub struct SshOptions {
     pub ssh_command: Option<String>,
     /// The georep binary on the slave.
     pub remote_command: Option<String>,
-}
-
-/// A program whose stdin/stdout carry the protocol (a local slave, or `ssh`).
-pub struct ChildProcess {
-    pub program: PathBuf,
-    pub args: Vec<String>,
-    /// Extra argument given as an OS string (a local root path need not be UTF-8).
-    pub last: Option<std::ffi::OsString>,
-    /// The program is an SSH client: its exit status 255 means the connection failed.
-    pub is_ssh: bool,
-}
-
-impl Transport for ChildProcess {
-    fn connect(&self) -> Result<Link> {
-        let mut cmd = Command::new(&self.program);
-        cmd.args(&self.args);
-        if let Some(l) = &self.last {
-            cmd.arg(l);
-        }
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| Error::io(format!("starting {}", self.program.display()), e))?;
-        let reader = Box::new(child.stdout.take().expect("piped"));
-        let writer = Box::new(child.stdin.take().expect("piped"));
-        let name = self.program.display().to_string();
-        let is_ssh = self.is_ssh;
-        let ending = Box::new(move || {
-            let status = child
-                .wait()
-                .map_err(|e| Error::io("waiting for the slave", e))?;
-            match status.code() {
-                Some(0) => Ok(()),
-                Some(255) if is_ssh => Err(Error::Ssh {
-                    message: format!("{name} failed to connect or authenticate (exit status 255)"),
-                }),
-                _ => Err(Error::Disconnected(format!("{name} exited with {status}"))),
-            }
-        });
-        Ok(Link {
-            reader,
-            writer,
-            ending,
-        })
-    }
 }
 
 /// The command line run on the slave host.
@@ -123,13 +81,10 @@ pub fn for_target(target: &Target, ssh: &SshOptions) -> Result<Box<dyn Transport
             let remote = remote_command_line(ssh.remote_command.as_deref(), place);
             match &ssh.ssh_command {
                 Some(cmd) => {
-                    let mut words = shell_words::split(cmd).map_err(|e| Error::Ssh {
-                        message: format!("--ssh-command: {e}"),
-                    })?;
+                    let mut words = shell_words::split(cmd)
+                        .map_err(|e| Error::Usage(format!("--ssh-command: {e}")))?;
                     if words.is_empty() {
-                        return Err(Error::Ssh {
-                            message: "--ssh-command is empty".into(),
-                        });
+                        return Err(Error::Usage("--ssh-command is empty".into()));
                     }
                     let program = PathBuf::from(words.remove(0));
                     if let Some(p) = port {

@@ -31,9 +31,7 @@ pub struct Russh {
 }
 
 fn ssh_err(message: impl Into<String>) -> Error {
-    Error::Ssh {
-        message: message.into(),
-    }
+    Error::ssh(message)
 }
 
 /// Verifies the server's key against known_hosts; remembers why it refused.
@@ -195,7 +193,10 @@ impl Transport for Russh {
                 Ok(h) => Ok(h),
                 Err(e) => Err(match refusal.lock().unwrap().take() {
                     Some(why) => ssh_err(why),
-                    None => ssh_err(format!("connecting to {}:{}: {e}", self.host, self.port)),
+                    None => Error::ssh_temporary(format!(
+                        "connecting to {}:{}: {e}",
+                        self.host, self.port
+                    )),
                 }),
             }
         })?;
@@ -207,7 +208,7 @@ impl Transport for Russh {
                 ch.exec(true, self.command.as_bytes()).await?;
                 Ok::<_, russh::Error>(ch)
             })
-            .map_err(|e| ssh_err(format!("starting `{}`: {e}", self.command)))?;
+            .map_err(|e| Error::ssh_temporary(format!("starting `{}`: {e}", self.command)))?;
 
         let (mut read_half, write_half) = channel.split();
         let (in_tx, in_rx) = mpsc::channel::<Vec<u8>>(64);

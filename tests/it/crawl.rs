@@ -6,9 +6,9 @@ use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use georep::session::SessionConfig;
-use georep::sync::report::Reporter;
-use georep::sync::{Crawl, Reach, Replicator, Scope};
+use georep::config::SessionConfig;
+use georep::replicate::observe::{Reporter, Silent};
+use georep::replicate::{Crawl, Reach, Replicator, Scope};
 
 use crate::support::fixture::*;
 use crate::support::fs::*;
@@ -19,8 +19,8 @@ fn connect(t: &TestDir) -> (Replicator, Arc<Reporter>) {
     let mut config = SessionConfig::new(t.src.clone(), t.dst.display().to_string());
     // The slave is the georep binary, not this test binary.
     config.remote_command = Some(env!("CARGO_BIN_EXE_georep").into());
-    let opts = config.sync_options().expect("valid options");
-    let rep = Arc::new(Reporter::new(false, false, false));
+    let opts = config.options().expect("valid options");
+    let rep = Arc::new(Reporter::new(Box::new(Silent)));
     let r = Replicator::connect(&opts, rep.clone()).expect("slave connects");
     (r, rep)
 }

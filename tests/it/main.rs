@@ -1,6 +1,7 @@
 //! The single integration-test binary (one link step, shared support code).
 
 mod crawl;
+mod engine;
 mod hostile;
 mod session;
 mod ssh;

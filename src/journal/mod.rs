@@ -8,12 +8,12 @@
 //! below the marker are trimmed once older than the retention window.
 
 use std::path::Path;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension};
+
+mod writer;
+pub use writer::{CommitListener, Committed, Writer};
 
 /// What happened to a path. Stored as an integer; never renumber.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,6 +100,19 @@ pub enum JournalError {
     },
     #[error("journal {0}: unknown op in row; written by a newer georep?")]
     UnknownOp(String),
+}
+
+impl JournalError {
+    /// Locked or busy: another connection holds the database for a moment.
+    pub fn is_busy(&self) -> bool {
+        matches!(
+            self,
+            JournalError::Sqlite {
+                source: rusqlite::Error::SqliteFailure(e, _),
+                ..
+            } if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        )
+    }
 }
 
 pub type Result<T> = std::result::Result<T, JournalError>;
@@ -318,105 +331,6 @@ impl Journal {
     }
 }
 
-/// The journal's single writer: a thread that appends what it is sent, one
-/// transaction per batch (whatever arrived within `linger`, up to `max`).
-pub struct Writer {
-    tx: Option<SyncSender<NewChange>>,
-    handle: Option<JoinHandle<Result<u64>>>,
-    committed: Arc<Committed>,
-}
-
-/// The last sequence number the writer committed, for a reader in the same
-/// process to wait on instead of polling the database.
-#[derive(Default)]
-pub struct Committed {
-    seq: Mutex<u64>,
-    cv: Condvar,
-}
-
-impl Committed {
-    fn set(&self, seq: u64) {
-        *self.seq.lock().unwrap() = seq;
-        self.cv.notify_all();
-    }
-
-    /// Waits until a change past `seq` is committed, at most `timeout`;
-    /// returns whether one is.
-    pub fn wait_past(&self, seq: u64, timeout: Duration) -> bool {
-        let guard = self.seq.lock().unwrap();
-        let (guard, _) = self
-            .cv
-            .wait_timeout_while(guard, timeout, |s| *s <= seq)
-            .unwrap();
-        *guard > seq
-    }
-}
-
-impl Writer {
-    pub fn start(mut journal: Journal, max: usize, linger: Duration) -> Writer {
-        let (tx, rx) = mpsc::sync_channel::<NewChange>(max * 4);
-        let committed = Arc::new(Committed::default());
-        let c = committed.clone();
-        let handle = std::thread::spawn(move || write_loop(&mut journal, rx, max, linger, &c));
-        Writer {
-            tx: Some(tx),
-            handle: Some(handle),
-            committed,
-        }
-    }
-
-    /// What the writer has committed so far.
-    pub fn committed(&self) -> &Committed {
-        &self.committed
-    }
-
-    /// A sender for producers; it blocks when the writer falls behind, so
-    /// producers must turn a full queue into a rescan rather than wait.
-    pub fn sender(&self) -> SyncSender<NewChange> {
-        self.tx.clone().expect("writer running")
-    }
-
-    /// Stops after writing everything queued; returns the last sequence number.
-    pub fn finish(mut self) -> Result<u64> {
-        self.tx = None;
-        self.handle
-            .take()
-            .expect("joined once")
-            .join()
-            .expect("journal writer panicked")
-    }
-}
-
-fn write_loop(
-    j: &mut Journal,
-    rx: Receiver<NewChange>,
-    max: usize,
-    linger: Duration,
-    committed: &Committed,
-) -> Result<u64> {
-    let mut last = j.last_seq()?;
-    committed.set(last);
-    let mut batch = Vec::with_capacity(max);
-    loop {
-        match rx.recv() {
-            Ok(c) => batch.push(c),
-            Err(_) => return Ok(last),
-        }
-        let deadline = std::time::Instant::now() + linger;
-        while batch.len() < max {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(c) => batch.push(c),
-                Err(RecvTimeoutError::Timeout) => break,
-                Err(RecvTimeoutError::Disconnected) => break,
-            }
-        }
-        last = j.append(&batch)?;
-        committed.set(last);
-        batch.clear();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -453,30 +367,5 @@ mod tests {
         assert_eq!(j.marker().unwrap().seq, 9);
         assert_eq!(j.last_seq().unwrap(), 11);
         assert_eq!(j.read_after(0, 100).unwrap().len(), 2);
-    }
-
-    #[test]
-    fn writer_batches_and_survives_restart() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("journal.db");
-        let w = Writer::start(
-            Journal::open(&path).unwrap(),
-            1000,
-            Duration::from_millis(5),
-        );
-        let tx = w.sender();
-        for i in 0..5000u32 {
-            tx.send(NewChange::now(Op::Create, i.to_le_bytes().to_vec(), None))
-                .unwrap();
-        }
-        drop(tx);
-        assert!(w.committed().wait_past(4999, Duration::from_secs(10)));
-        assert!(!w.committed().wait_past(5000, Duration::from_millis(10)));
-        assert_eq!(w.finish().unwrap(), 5000);
-        let j = Journal::open(&path).unwrap();
-        let all = j.read_after(0, 10_000).unwrap();
-        assert_eq!(all.len(), 5000);
-        assert!(all.windows(2).all(|w| w[0].seq + 1 == w[1].seq));
-        assert_eq!(all[4999].path, 4999u32.to_le_bytes().to_vec());
     }
 }

@@ -1,5 +1,5 @@
 //! The master's end of a protocol connection: a sender thread, a receiver
-//! thread, and routing of replies to whoever asked.
+//! thread, and routing of replies to whoever asked, by request id only.
 //!
 //! Deadlock freedom: the receiver never blocks on anything but the socket.
 //! Replies go into unbounded per-request channels, and the master bounds how
@@ -18,8 +18,7 @@ use crate::confine::show;
 use crate::error::{Error, Result};
 use crate::proto::frame as wire;
 use crate::proto::{Msg, Side};
-use crate::sync::report::Reporter;
-use crate::sync::worker::DataJob;
+use crate::replicate::observe::Reporter;
 use crate::transport::{Ending, Link};
 
 /// Reply route for messages without an id (Hello, Finished).
@@ -30,10 +29,6 @@ pub struct Shared {
     routes: Mutex<Routes>,
     /// Signalled when the receiver has seen the connection end.
     ended: Condvar,
-    /// Delta-built files awaiting the slave's verdict, by id.
-    pub unverified: Mutex<HashMap<u64, DataJob>>,
-    /// Files whose delta failed verification: to be sent whole.
-    pub retries: Mutex<Vec<DataJob>>,
     pub bytes_sent: AtomicU64,
     pub bytes_received: AtomicU64,
 }
@@ -90,16 +85,20 @@ impl Conn {
 
     /// Registers a route for `id`, then sends `m`.
     pub fn request(&self, id: u64, m: &Msg) -> Result<Receiver<Msg>> {
-        let (tx, rx) = mpsc::channel();
-        {
-            let mut r = self.shared.routes.lock().unwrap();
-            if r.ended.is_some() {
-                drop(r);
-                return Err(self.failure());
-            }
-            r.map.insert(id, tx);
-        }
+        let rx = self.route(id)?;
         self.send(m)?;
+        Ok(rx)
+    }
+
+    /// Registers a route for replies with `id` (until a final one).
+    pub fn route(&self, id: u64) -> Result<Receiver<Msg>> {
+        let (tx, rx) = mpsc::channel();
+        let mut r = self.shared.routes.lock().unwrap();
+        if r.ended.is_some() {
+            drop(r);
+            return Err(self.failure());
+        }
+        r.map.insert(id, tx);
         Ok(rx)
     }
 
@@ -208,18 +207,10 @@ fn recv_loop(reader: Box<dyn Read + Send>, s: &Shared, reporter: &Reporter) {
             Msg::Hello(_) | Msg::Finished => (CONTROL, true),
             Msg::DirEntries { id, last, .. } => (*id, *last),
             Msg::SigChunk { id, .. } => (*id, false),
-            Msg::SigEnd { id, .. } | Msg::SigFail { id, .. } | Msg::BarrierAck { id } => {
-                (*id, true)
-            }
-            Msg::Verified { id, ok } => {
-                let job = s.unverified.lock().unwrap().remove(id);
-                match job {
-                    Some(job) if !ok => s.retries.lock().unwrap().push(job),
-                    Some(_) => {}
-                    None => break Error::Protocol(format!("verdict for unknown file {id}")),
-                }
-                continue;
-            }
+            Msg::SigEnd { id, .. }
+            | Msg::SigFail { id, .. }
+            | Msg::BarrierAck { id }
+            | Msg::Verified { id, .. } => (*id, true),
             Msg::OpError { path, message } => {
                 reporter.error(&format!("{}: {message}", show(path)));
                 continue;

@@ -1,14 +1,13 @@
-//! What a run tells the user: counters for the summary, `-v` lines, error
-//! lines and the progress bar (only on a terminal).
+//! What a run counts and tells: counters for the summary and status, and an
+//! [`Observer`] that decides where `-v` lines, warnings, errors and progress
+//! go (a terminal for `georep sync`, the daemon's log for a session). No
+//! terminal code lives in the engine.
 
-use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
 use std::time::Instant;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
-
-use crate::confine::show;
 
 #[derive(Default)]
 pub struct Counters {
@@ -39,66 +38,53 @@ pub struct Summary {
     pub dry_run: bool,
 }
 
+/// Where a run's messages go. Every method has a silent default.
+pub trait Observer: Send + Sync {
+    /// A change, `-v` style: a one-character tag and the path.
+    fn item(&self, _tag: char, _path: &[u8]) {}
+    /// A failure of one entry (the run goes on).
+    fn error(&self, _msg: &str) {}
+    fn warn(&self, _msg: &str) {}
+    /// Bytes found to transfer.
+    fn planned(&self, _bytes: u64, _files_so_far: u64) {}
+    /// Bytes transferred.
+    fn progressed(&self, _bytes: u64) {}
+    /// The run is over: clear whatever is drawn.
+    fn finish(&self) {}
+}
+
+/// An observer that says nothing.
+pub struct Silent;
+impl Observer for Silent {}
+
+/// The engine's side of reporting: counts, and forwards to an observer.
 pub struct Reporter {
     pub counters: Counters,
-    verbose: bool,
-    /// `-v` lines go to stdout unless stdout carries the JSON summary.
-    verbose_to_stderr: bool,
-    bar: Option<ProgressBar>,
+    observer: Box<dyn Observer>,
     pub started: Instant,
     /// The latest entry failure, for a status line.
-    last_error: std::sync::Mutex<Option<String>>,
+    last_error: Mutex<Option<String>>,
 }
 
 impl Reporter {
-    pub fn new(verbose: bool, json: bool, progress: bool) -> Reporter {
-        let bar = (progress && std::io::stderr().is_terminal()).then(|| {
-            let b = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr_with_hz(5));
-            b.set_style(
-                ProgressStyle::with_template(
-                    "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
-                )
-                .expect("static template")
-                .progress_chars("=> "),
-            );
-            b
-        });
+    pub fn new(observer: Box<dyn Observer>) -> Reporter {
         Reporter {
             counters: Counters::default(),
-            verbose,
-            verbose_to_stderr: json,
-            bar,
+            observer,
             started: Instant::now(),
-            last_error: Default::default(),
+            last_error: Mutex::default(),
         }
     }
 
-    fn print(&self, to_stderr: bool, line: &str) {
-        let out = || {
-            if to_stderr {
-                let _ = writeln!(std::io::stderr().lock(), "{line}");
-            } else {
-                let _ = writeln!(std::io::stdout().lock(), "{line}");
-            }
-        };
-        match &self.bar {
-            Some(b) => b.suspend(out),
-            None => out(),
-        }
-    }
-
-    /// A `-v` line: a one-character tag and the path.
     pub fn item(&self, tag: char, path: &[u8]) {
-        if self.verbose {
-            self.print(self.verbose_to_stderr, &format!("{tag} {}", show(path)));
-        }
+        self.observer.item(tag, path);
     }
 
-    /// A failure of one entry: counted, printed, the run goes on.
+    /// A failure of one entry: counted, told, the run goes on.
     pub fn error(&self, msg: &str) {
         self.counters.errors.fetch_add(1, Relaxed);
         *self.last_error.lock().unwrap() = Some(msg.to_string());
-        self.print(true, &format!("georep: {msg}"));
+        self.observer.error(msg);
     }
 
     /// The latest entry failure reported with [`Reporter::error`].
@@ -107,31 +93,20 @@ impl Reporter {
     }
 
     pub fn warn(&self, msg: &str) {
-        self.print(true, &format!("georep: warning: {msg}"));
+        self.observer.warn(msg);
     }
 
-    /// Bytes found to transfer.
     pub fn planned(&self, bytes: u64) {
-        if let Some(b) = &self.bar {
-            b.inc_length(bytes);
-            b.set_message(format!(
-                "{} files",
-                self.counters.files_transferred.load(Relaxed)
-            ));
-        }
+        let files = self.counters.files_transferred.load(Relaxed);
+        self.observer.planned(bytes, files);
     }
 
-    /// Bytes transferred.
     pub fn progressed(&self, bytes: u64) {
-        if let Some(b) = &self.bar {
-            b.inc(bytes);
-        }
+        self.observer.progressed(bytes);
     }
 
     pub fn summary(&self, bytes_sent: u64, bytes_received: u64, dry_run: bool) -> Summary {
-        if let Some(b) = &self.bar {
-            b.finish_and_clear();
-        }
+        self.observer.finish();
         let c = &self.counters;
         Summary {
             files_total: c.files_total.load(Relaxed),

@@ -1,20 +1,20 @@
 //! Command line: raw arguments parsed by clap, then validated into the
-//! options the library trusts (ripgrep's two stages).
+//! options the library trusts (ripgrep's two stages). One module per
+//! user-level command; all terminal output lives under cli/.
 
-use std::io::Write;
+mod output;
+mod session;
+mod slave;
+mod sync;
+
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::daemon;
-use crate::error::Exit;
-use crate::exclude::Excluder;
+use crate::error::{Error, Exit};
 use crate::proto::FsyncPolicy;
-use crate::session::{self, Session, SessionConfig, SessionError};
-use crate::sync::{self, SyncOptions};
-use crate::target::{Place, Target};
+use crate::target::Place;
 use crate::transport::SshOptions;
-use crate::volumes::{self, Request};
 
 #[derive(Parser, Debug)]
 #[command(name = "georep", version, about = "File-level geo-replication")]
@@ -216,205 +216,62 @@ pub struct SlaveArgs {
     pub place: PlaceArgs,
 }
 
-impl SyncArgs {
-    fn validate(self) -> Result<SyncOptions, String> {
-        let target = Target::parse(&self.target)?;
-        let excluder = Excluder::new(&self.exclude, &self.exclude_from)?;
-        Ok(SyncOptions {
-            source: self.source,
-            target,
-            delete: !self.no_delete,
-            checksum: self.checksum,
-            whole_file: self.whole_file,
-            dry_run: self.dry_run,
-            jobs: self.jobs as usize,
-            fsync: self.fsync,
-            xattrs: !self.no_xattrs,
-            excluder,
-            verbose: self.verbose,
-            json: self.json,
-            progress: !self.no_progress,
-            compress: self.compress,
-            ssh: self.ssh.into(),
-        })
-    }
-}
-
 /// Runs the command line; returns the process exit code.
 pub fn run(cli: Cli) -> Exit {
     raise_fd_limit();
+    let home = || crate::session::home(cli.home.as_deref());
     match cli.command {
-        Command::Slave(a) => slave(&a),
-        Command::Create(a) => session_cmd(
-            |home| {
-                let mut c = SessionConfig::new(a.source.clone(), a.target.clone());
-                for kv in &a.set {
-                    let (k, v) = kv.split_once('=').ok_or_else(|| {
-                        SessionError::BadConfig(format!("--set {kv:?}: use KEY=VALUE"))
-                    })?;
-                    c.set(k, v)?;
-                }
-                Session::create(home, &a.name, &c)?;
-                Ok(())
-            },
-            cli.home.as_deref(),
-        ),
-        Command::Start { name, foreground } => {
-            let home = session::home(cli.home.as_deref());
-            match Session::open(&home, &name) {
-                Ok(s) if foreground => daemon::run_foreground(&s),
-                Ok(s) => report(daemon::start_background(&home, &s).map(|_| ())),
-                Err(e) => report(Err(e)),
-            }
-        }
-        Command::Stop { name } => session_cmd(
-            |home| daemon::stop(&Session::open(home, &name)?),
-            cli.home.as_deref(),
-        ),
-        Command::Status { name, json } => session_cmd(
-            |home| {
-                let list = daemon::statuses(home, name.as_deref())?;
-                if json {
-                    let out = if name.is_some() {
-                        serde_json::to_string_pretty(&list[0])
-                    } else {
-                        serde_json::to_string_pretty(&list)
-                    };
-                    println!("{}", out.expect("status serializes"));
-                } else {
-                    daemon::print_table(&list);
-                }
-                Ok(())
-            },
-            cli.home.as_deref(),
-        ),
+        Command::Slave(a) => slave::run(&a),
+        Command::Sync(a) => sync::run(a),
+        Command::Keys(KeysCommand::Create(a)) => keys_create(&a),
+        Command::Create(a) => report(session::create(&home(), &a)),
+        Command::Start { name, foreground } => session::start(&home(), &name, foreground),
+        Command::Stop { name } => report(session::stop(&home(), &name)),
+        Command::Status { name, json } => report(session::status(&home(), name.as_deref(), json)),
         Command::Config {
             name,
             key,
             value,
             reset,
-        } => session_cmd(
-            |home| {
-                let s = Session::open(home, &name)?;
-                let mut c = s.config()?;
-                match (key, value, reset) {
-                    (_, _, Some(k)) => {
-                        c.reset(&k)?;
-                        s.save(&c)
-                    }
-                    (Some(k), Some(v), None) => {
-                        c.set(&k, &v)?;
-                        s.save(&c)
-                    }
-                    (Some(k), None, None) => match c.get(&k) {
-                        Some(v) => {
-                            println!("{v}");
-                            Ok(())
-                        }
-                        None => Err(SessionError::BadConfig(format!("{k} is not set"))),
-                    },
-                    (None, _, None) => {
-                        print!("{}", toml::to_string(&c).expect("config serializes"));
-                        Ok(())
-                    }
-                }
-            },
-            cli.home.as_deref(),
-        ),
-        Command::Delete { name, .. } => session_cmd(
-            |home| Session::open(home, &name)?.delete(),
-            cli.home.as_deref(),
-        ),
-        Command::Keys(KeysCommand::Create(a)) => {
-            match crate::keys::create(&a.dir, &a.place.place(), a.remote_command.as_deref()) {
-                Ok(c) => {
-                    eprintln!(
-                        "georep: wrote {} and {}; install this line in the slave's authorized_keys:",
-                        c.private.display(),
-                        c.public.display()
-                    );
-                    println!("{}", c.authorized_line);
-                    Exit::Ok
-                }
-                Err(e) => {
-                    eprintln!("georep: {e}");
-                    Exit::Other
-                }
-            }
-        }
-        Command::Sync(a) => {
-            let json = a.json;
-            let opts = match a.validate() {
-                Ok(o) => o,
-                Err(e) => {
-                    eprintln!("georep: {e}");
-                    return Exit::Usage;
-                }
-            };
-            match sync::run(&opts) {
-                Ok(summary) => {
-                    if json {
-                        let mut out = std::io::stdout().lock();
-                        let _ = serde_json::to_writer(&mut out, &summary);
-                        let _ = writeln!(out);
-                    }
-                    if summary.errors > 0 {
-                        eprintln!(
-                            "georep: {} entries failed; the rest was replicated",
-                            summary.errors
-                        );
-                        Exit::Partial
-                    } else {
-                        Exit::Ok
-                    }
-                }
-                Err(e) => {
-                    let hint = if e.is_temporary() {
-                        " (temporary: retrying may help)"
-                    } else {
-                        ""
-                    };
-                    eprintln!("georep: {e}{hint}");
-                    e.exit()
-                }
-            }
-        }
+        } => report(session::config(&home(), &name, key, value, reset)),
+        Command::Delete { name, .. } => report(session::delete(&home(), &name)),
     }
 }
 
-fn report(r: Result<(), SessionError>) -> Exit {
-    match r {
-        Ok(()) => Exit::Ok,
+fn keys_create(a: &KeysCreateArgs) -> Exit {
+    match crate::keys::create(&a.dir, &a.place.place(), a.remote_command.as_deref()) {
+        Ok(c) => {
+            eprintln!(
+                "georep: wrote {} and {}; install this line in the slave's authorized_keys:",
+                c.private.display(),
+                c.public.display()
+            );
+            println!("{}", c.authorized_line);
+            Exit::Ok
+        }
         Err(e) => {
             eprintln!("georep: {e}");
-            e.exit()
+            Exit::Other
         }
     }
 }
 
-fn session_cmd(
-    f: impl FnOnce(&std::path::Path) -> Result<(), SessionError>,
-    home: Option<&std::path::Path>,
-) -> Exit {
-    report(f(&session::home(home)))
+/// Prints an error (with a hint when retrying may help); its exit code.
+fn fail(e: &Error) -> Exit {
+    let hint = if e.is_temporary() {
+        " (temporary: retrying may help)"
+    } else {
+        ""
+    };
+    eprintln!("georep: {e}{hint}");
+    e.exit()
 }
 
-/// `georep slave`: resolve the root, honour a forced command, serve stdio.
-fn slave(a: &SlaveArgs) -> Exit {
-    let (request, root) = match a.place.place() {
-        Place::Path(p) => (Request::Root(p.to_string_lossy().into_owned()), Ok(p)),
-        Place::Volume(v) => (Request::Volume(v.clone()), volumes::resolve(&v)),
-    };
-    let root = match volumes::check_forced(&request).and(root) {
-        Ok(r) => r,
-        Err(e) => {
-            // Said in a Fatal frame too, so that the master shows the reason.
-            crate::agent::refuse(std::io::stdout().lock(), Exit::Target, &e);
-            eprintln!("georep slave: {e}");
-            return Exit::Target;
-        }
-    };
-    crate::agent::serve(&root, std::io::stdin().lock(), std::io::stdout().lock())
+fn report(r: Result<(), Error>) -> Exit {
+    match r {
+        Ok(()) => Exit::Ok,
+        Err(e) => fail(&e),
+    }
 }
 
 /// Deep trees hold one descriptor per level while they are removed.

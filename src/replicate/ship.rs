@@ -4,7 +4,8 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::{Arc, Mutex};
 
 use fast_rsync::Signature;
 use rustix::fs::{Mode, OFlags, SeekFrom, Stat};
@@ -14,8 +15,8 @@ use crate::delta::{self, hash_zeros, read_exact_at};
 use crate::error::{Error, Result};
 use crate::meta::{self, Kind, Meta, XattrTarget};
 use crate::proto::Msg;
-use crate::sync::conn::Conn;
-use crate::sync::report::Reporter;
+use crate::replicate::conn::Conn;
+use crate::replicate::observe::Reporter;
 
 /// Whole-file data goes in frames of this size.
 const CHUNK: usize = 256 << 10;
@@ -60,10 +61,39 @@ enum Outcome {
     Vanished,
 }
 
+/// Delta-built files awaiting the slave's verdict, each with the route its
+/// verdict arrives on.
+#[derive(Default)]
+pub struct Verdicts(Mutex<Vec<(DataJob, Receiver<Msg>)>>);
+
+impl Verdicts {
+    /// The files whose delta did not rebuild the right content, to be sent
+    /// whole. Call once the slave has answered a barrier sent after them:
+    /// it judges each file at its FileEnd, so every verdict is in by then.
+    pub fn failed(&self, conn: &Conn) -> Result<Vec<DataJob>> {
+        let mut failed = Vec::new();
+        for (job, rx) in std::mem::take(&mut *self.0.lock().unwrap()) {
+            match rx.try_recv() {
+                Ok(Msg::Verified { ok: true, .. }) => {}
+                Ok(Msg::Verified { ok: false, .. }) => failed.push(job),
+                Ok(other) => return Err(Error::Protocol(format!("unexpected reply {other:?}"))),
+                Err(TryRecvError::Empty) => {
+                    return Err(Error::Protocol(format!(
+                        "no verdict for {} before the barrier",
+                        show(&job.rel)
+                    )))
+                }
+                Err(TryRecvError::Disconnected) => return Err(conn.failure()),
+            }
+        }
+        Ok(failed)
+    }
+}
+
 /// Ships one file; per-file failures are reported, connection failures returned.
-pub fn run(conn: &Conn, job: DataJob, o: JobOpts, rep: &Reporter) -> Result<()> {
+pub fn run(conn: &Conn, job: DataJob, o: JobOpts, rep: &Reporter, v: &Verdicts) -> Result<()> {
     for _ in 0..ATTEMPTS {
-        match attempt(conn, &job, o, rep) {
+        match attempt(conn, &job, o, rep, v) {
             Ok(Outcome::Sent) => {
                 rep.counters.files_transferred.fetch_add(1, Relaxed);
                 return Ok(());
@@ -132,7 +162,13 @@ fn same_version(a: &Stat, b: &Stat) -> bool {
         && a.st_ino == b.st_ino
 }
 
-fn attempt(conn: &Conn, job: &DataJob, o: JobOpts, rep: &Reporter) -> Result<Outcome, JobError> {
+fn attempt(
+    conn: &Conn,
+    job: &DataJob,
+    o: JobOpts,
+    rep: &Reporter,
+    verdicts: &Verdicts,
+) -> Result<Outcome, JobError> {
     let fd = match open_source(job.dir.as_fd(), &job.name) {
         Ok(fd) => fd,
         Err(rustix::io::Errno::NOENT) | Err(rustix::io::Errno::LOOP) => {
@@ -190,12 +226,9 @@ fn attempt(conn: &Conn, job: &DataJob, o: JobOpts, rep: &Reporter) -> Result<Out
         Vec::new()
     };
     if signature.is_some() {
-        // Registered before FileEnd is sent, so the verdict always finds it.
-        conn.shared
-            .unverified
-            .lock()
-            .unwrap()
-            .insert(id, job.clone());
+        // Routed before FileEnd is sent, so the verdict always finds its way.
+        let rx = conn.route(id)?;
+        verdicts.0.lock().unwrap().push((job.clone(), rx));
     }
     conn.send(&Msg::FileEnd {
         id,

@@ -1,0 +1,260 @@
+//! The session's process: the daemon that holds the session's lock, runs
+//! the worker on one connection after another, and decides from each error
+//! whether retrying can help (backoff) or the operator must act (Faulty,
+//! waiting); and the CLI's side of starting and stopping that process.
+
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::{state, Error, Exit};
+use crate::journal::{Journal, Writer};
+use crate::replicate::Replicator;
+use crate::session::Session;
+use crate::shutdown::Shutdown;
+use crate::status::{Board, CrawlStatus, State, Status};
+use crate::watch::Recorder;
+use crate::worker::{log, Worker};
+
+/// Longest wait between two attempts of a failing session.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// From this backoff on, a batch that keeps failing gets a whole crawl.
+const ESCALATE_AT: Duration = Duration::from_secs(8);
+
+/// Runs the daemon in this process until SIGTERM/SIGINT.
+pub fn run_foreground(s: &Session) -> Exit {
+    match Monitor::start(s).and_then(|mut m| m.run()) {
+        Ok(()) => Exit::Ok,
+        Err(e) => {
+            log(&format!("georep daemon: {e}"));
+            e.exit()
+        }
+    }
+}
+
+struct Monitor {
+    session: Session,
+    shutdown: Arc<Shutdown>,
+    worker: Worker,
+    /// Held for the daemon's lifetime: the lock says "running".
+    _pid_file: std::fs::File,
+}
+
+impl Monitor {
+    fn start(s: &Session) -> Result<Monitor, Error> {
+        let config = s.config()?;
+        config.validate()?;
+        let pid_file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(s.pid_path())
+            .map_err(state(s.pid_path().display().to_string()))?;
+        rustix::fs::flock(
+            &pid_file,
+            rustix::fs::FlockOperation::NonBlockingLockExclusive,
+        )
+        .map_err(|_| Error::Running(s.name.clone()))?;
+        let pid = std::process::id();
+        let _ = rustix::fs::ftruncate(&pid_file, 0);
+        let _ = (&pid_file).write_all(format!("{pid}\n").as_bytes());
+        let shutdown = Shutdown::new();
+        shutdown
+            .on_signals()
+            .map_err(|e| Error::io("installing signal handlers", e))?;
+        let journal = Journal::open(&s.journal_path())?;
+        let writer = Writer::start(
+            Journal::open(&s.journal_path())?,
+            4096,
+            Duration::from_millis(2),
+            shutdown.clone(),
+        );
+        let mut status = Status::read(s).unwrap_or_else(|_| Status::new(s, &config));
+        status.pid = Some(pid as i32);
+        status.last_error = None;
+        // Recording starts before the first crawl, so nothing written during it is lost.
+        let recorder = match Recorder::start(&config.source, writer.sender()) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                log(&format!("not watching: {e}; relying on full crawls"));
+                status.watch_limit = true;
+                status.last_error = Some(e.to_string());
+                None
+            }
+        };
+        log(&format!(
+            "session {} started (pid {pid}): {} -> {}",
+            s.name,
+            config.source.display(),
+            config.target
+        ));
+        let board = Board::new(s, status);
+        let worker = Worker::new(config, board, shutdown.clone(), journal, writer, recorder);
+        Ok(Monitor {
+            session: s.clone(),
+            shutdown,
+            worker,
+            _pid_file: pid_file,
+        })
+    }
+
+    fn run(&mut self) -> Result<(), Error> {
+        let st = &mut self.worker.board.status;
+        let first = st.state == State::Created || st.last_synced.is_none();
+        st.state = State::Initializing;
+        st.crawl = Some(if first {
+            CrawlStatus::Full
+        } else {
+            CrawlStatus::CatchUp
+        });
+        self.worker.publish();
+        let mut backoff = Duration::from_secs(1);
+        while !self.shutdown.stopping() {
+            let rep = Worker::reporter();
+            let result = self
+                .worker
+                .config
+                .options()
+                .and_then(|opts| Replicator::connect(&opts, rep.clone()))
+                .and_then(|mut r| {
+                    let outcome = self.worker.serve(&mut r, &rep);
+                    r.close(outcome)
+                });
+            let e = match result {
+                Ok(()) => break,
+                Err(e) => e,
+            };
+            if self.worker.board.status.state == State::Active {
+                // Rounds went through since the last fault: start over.
+                backoff = Duration::from_secs(1);
+            }
+            // "N entries failed" alone does not say what to fix.
+            let why = match (&e, rep.last_error()) {
+                (Error::Partial { .. }, Some(last)) => format!("{e}; last: {last}"),
+                _ => e.to_string(),
+            };
+            if !e.is_temporary() {
+                self.halt(&why);
+                break;
+            }
+            self.fault(&format!("{why}; retrying in {backoff:?}"));
+            if self.shutdown.sleep(backoff) {
+                break;
+            }
+            // A batch that keeps failing may be one a targeted merge
+            // cannot apply (say, an entry the slave refuses in its
+            // current shape): let a whole crawl try from the top.
+            if backoff >= ESCALATE_AT {
+                self.worker.full_owed = true;
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+        let st = &mut self.worker.board.status;
+        st.state = State::Stopped;
+        st.crawl = None;
+        st.pid = None;
+        self.worker.publish();
+        self.worker.finish();
+        log("stopped");
+        Ok(())
+    }
+
+    fn fault(&mut self, why: &str) {
+        log(&format!("faulty: {why}"));
+        let st = &mut self.worker.board.status;
+        st.state = State::Faulty;
+        st.failures += 1;
+        st.last_error = Some(why.to_string());
+        self.worker.publish();
+    }
+
+    /// A failure that retrying cannot mend (a changed host key, a protocol
+    /// version mismatch, a source that is not a directory): Faulty with the
+    /// cause, recording on, shipping nothing until the operator acts.
+    fn halt(&mut self, why: &str) {
+        self.fault(&format!(
+            "{why} (not retried: fix the cause, then `georep stop {0}` and `georep start {0}`)",
+            self.session.name
+        ));
+        while !self.shutdown.sleep(Duration::from_secs(3600)) {}
+    }
+}
+
+/// `georep start NAME`: runs the daemon in the background and returns once
+/// it holds its lock (or reports why it could not start).
+pub fn start_background(home: &Path, s: &Session) -> Result<i32, Error> {
+    if let Some(pid) = s.running_pid() {
+        return Ok(pid);
+    }
+    let exe = std::env::current_exe().map_err(|e| Error::io("locating the georep binary", e))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(s.log_path())
+        .map_err(state(s.log_path().display().to_string()))?;
+    let mut child = Command::new(exe)
+        .arg("--home")
+        .arg(home)
+        .args(["start", &s.name, "--foreground"])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(state("log"))?)
+        .stderr(log)
+        // Its own session: not killed with the shell that started it.
+        .process_group(0)
+        .spawn()
+        .map_err(|e| Error::io("starting the daemon", e))?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(pid) = s.running_pid() {
+            return Ok(pid);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(Error::DaemonStart(format!(
+                "daemon exited with {status}; see {}",
+                s.log_path().display()
+            )));
+        }
+        if Instant::now() > deadline {
+            return Err(Error::DaemonStart(format!(
+                "daemon did not start; see {}",
+                s.log_path().display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `georep stop NAME`: SIGTERM, wait; SIGKILL if it does not go in 30 s.
+pub fn stop(s: &Session) -> Result<(), Error> {
+    let Some(pid) = s.running_pid() else {
+        return Ok(());
+    };
+    let pid = rustix::process::Pid::from_raw(pid).expect("positive pid");
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    // The lock goes when the daemon closes its pid file, a moment before the
+    // process is gone: wait for both (a zombie counts as gone).
+    let gone = || {
+        s.running_pid().is_none()
+            && std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero())).map_or(
+                true,
+                |st| {
+                    st.rsplit(')')
+                        .next()
+                        .is_some_and(|r| r.trim_start().starts_with('Z'))
+                },
+            )
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !gone() {
+        if Instant::now() > deadline {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            std::thread::sleep(Duration::from_millis(200));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}

@@ -1,0 +1,334 @@
+//! The directory merge: one source directory against the slave's listing
+//! of it; differences become entry ops, data jobs and metadata ops.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use super::ship::DataJob;
+use super::walk::{DirTask, Leader, Listing, Planner};
+use crate::confine::{join, show, PathError};
+use crate::error::Result;
+use crate::meta::{self, Entry, Kind, Meta, ScanOpts};
+use crate::proto::Msg;
+
+/// Smaller files (old or new) travel whole: a signature's round trip costs
+/// more than the few KiB a delta could save.
+const DELTA_MIN: u64 = 16 << 10;
+
+impl Planner<'_> {
+    /// Merges one directory (or only `names` in it); returns the
+    /// subdirectories to visit.
+    pub(super) fn merge_dir(
+        &mut self,
+        rel: &[u8],
+        master: &Entry,
+        slave: Option<(Option<Entry>, Vec<Entry>)>,
+        names: Option<&[Vec<u8>]>,
+    ) -> Result<Vec<DirTask>> {
+        let (slave_this, slave_entries) = match slave {
+            Some((Some(this), entries)) => (Some(this), entries),
+            // Not created yet (a dry run into a missing target root).
+            _ => (None, Vec::new()),
+        };
+        let dir = match self.source.open_dir(rel) {
+            Ok(d) => d,
+            Err(e) => return self.unreadable_dir(rel, e),
+        };
+        let listed = match names {
+            None => meta::scan_dir(dir.as_fd(), self.scan).map(|(e, _)| e),
+            Some(names) => self.stat_names(&dir, names),
+        };
+        let mut entries = match listed {
+            Ok(x) => x,
+            Err(e) => {
+                return self.unreadable_dir(
+                    rel,
+                    PathError::Io {
+                        path: show(rel),
+                        source: e,
+                    },
+                )
+            }
+        };
+        entries.retain(|e| {
+            !self
+                .opts
+                .excluder
+                .excluded(&join(rel, &e.name), e.kind == Kind::Dir)
+        });
+        let slave_entries: Vec<Entry> = slave_entries
+            .into_iter()
+            .filter(|e| {
+                !self
+                    .opts
+                    .excluder
+                    .excluded(&join(rel, &e.name), e.kind == Kind::Dir)
+            })
+            .collect();
+
+        let mut changed = false;
+        let mut children = Vec::new();
+        let mut s_iter = slave_entries.into_iter().peekable();
+        for m in entries {
+            self.rep.counters.files_total.fetch_add(1, Relaxed);
+            // Slave-only names sorting before this one are extras.
+            while let Some(s) = s_iter.next_if(|s| s.name < m.name) {
+                changed |= self.delete(rel, &s)?;
+            }
+            let s = s_iter.next_if(|s| s.name == m.name);
+            let path = join(rel, &m.name);
+            changed |= self.reconcile(&path, &dir, m, s, &mut children)?;
+        }
+        for s in s_iter {
+            changed |= self.delete(rel, &s)?;
+        }
+
+        let meta_differs = slave_this
+            .as_ref()
+            .is_none_or(|s| self.meta_differs(Kind::Dir, &master.meta, &s.meta));
+        if changed || meta_differs {
+            if meta_differs && slave_this.is_some() {
+                self.rep.item('.', rel);
+                self.rep.counters.meta_updated.fetch_add(1, Relaxed);
+            }
+            self.mutate(&Msg::DirMeta {
+                path: rel.to_vec(),
+                meta: master.meta.clone(),
+            })?;
+        }
+        Ok(children)
+    }
+
+    /// The entries of `names` (sorted) that exist in a source directory.
+    pub(super) fn stat_names(
+        &self,
+        dir: &Arc<OwnedFd>,
+        names: &[Vec<u8>],
+    ) -> std::io::Result<Vec<Entry>> {
+        let mut entries = Vec::with_capacity(names.len());
+        for n in names.iter().filter(|n| !meta::is_temp_name(n)) {
+            match meta::stat_entry(dir.as_fd(), n, self.scan) {
+                Ok(e) => entries.push(e),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(entries)
+    }
+
+    /// A source directory that cannot be read: report it and leave its
+    /// replica alone (deleting there would lose data we cannot see).
+    pub(super) fn unreadable_dir(&self, rel: &[u8], e: PathError) -> Result<Vec<DirTask>> {
+        self.rep
+            .error(&format!("cannot read directory {}: {e}", show(rel)));
+        Ok(Vec::new())
+    }
+
+    pub(super) fn delete(&self, dir: &[u8], s: &Entry) -> Result<bool> {
+        if !self.opts.delete {
+            return Ok(false);
+        }
+        let path = join(dir, &s.name);
+        self.rep.item('-', &path);
+        self.rep.counters.entries_deleted.fetch_add(1, Relaxed);
+        self.mutate(&Msg::Remove { path })?;
+        Ok(true)
+    }
+
+    pub(super) fn meta_differs(&self, kind: Kind, m: &Meta, s: &Meta) -> bool {
+        (kind != Kind::Symlink && m.mode != s.mode)
+            || m.mtime_sec != s.mtime_sec
+            || m.mtime_nsec != s.mtime_nsec
+            || (self.owners && (m.uid != s.uid || m.gid != s.gid))
+            || (self.scan.xattrs && m.xattrs != s.xattrs)
+    }
+
+    /// Brings one slave entry in line with its source entry; returns whether
+    /// the containing directory's entries changed.
+    pub(super) fn reconcile(
+        &mut self,
+        path: &[u8],
+        dir: &Arc<OwnedFd>,
+        m: Entry,
+        s: Option<Entry>,
+        children: &mut Vec<DirTask>,
+    ) -> Result<bool> {
+        let mut changed = false;
+        let s = match s {
+            Some(s) if s.kind != m.kind => {
+                // A type change: the old entry goes first.
+                self.rep.counters.entries_deleted.fetch_add(1, Relaxed);
+                self.mutate(&Msg::Remove {
+                    path: path.to_vec(),
+                })?;
+                changed = true;
+                None
+            }
+            s => s,
+        };
+        match m.kind {
+            Kind::Dir => {
+                let slave = match s {
+                    Some(_) => Listing::Pending,
+                    None => {
+                        self.created(path);
+                        self.mutate(&Msg::Mkdir {
+                            path: path.to_vec(),
+                        })?;
+                        changed = true;
+                        Listing::Absent
+                    }
+                };
+                children.push(DirTask {
+                    rel: path.to_vec(),
+                    master: m,
+                    slave,
+                    recurse: true,
+                    names: None,
+                    restat: false,
+                });
+            }
+            Kind::Regular => changed |= self.regular(path, dir, m, s)?,
+            Kind::Symlink => match s {
+                Some(s) if s.target == m.target => self.update_meta(path, &m, &s)?,
+                s => {
+                    if s.is_some() {
+                        self.rep.item('>', path);
+                    } else {
+                        self.created(path);
+                    }
+                    self.mutate(&Msg::Symlink {
+                        path: path.to_vec(),
+                        target: m.target,
+                        meta: m.meta,
+                    })?;
+                    changed = true;
+                }
+            },
+            kind => match s {
+                Some(s) if s.rdev == m.rdev => self.update_meta(path, &m, &s)?,
+                s => {
+                    if s.is_none() {
+                        self.created(path);
+                    }
+                    self.mutate(&Msg::Mknod {
+                        path: path.to_vec(),
+                        kind,
+                        rdev: m.rdev,
+                        meta: m.meta,
+                    })?;
+                    changed = true;
+                }
+            },
+        }
+        Ok(changed)
+    }
+
+    pub(super) fn created(&self, path: &[u8]) {
+        self.rep.item('+', path);
+        self.rep.counters.entries_created.fetch_add(1, Relaxed);
+    }
+
+    pub(super) fn update_meta(&self, path: &[u8], m: &Entry, s: &Entry) -> Result<()> {
+        if self.meta_differs(m.kind, &m.meta, &s.meta) {
+            self.rep.item('.', path);
+            self.rep.counters.meta_updated.fetch_add(1, Relaxed);
+            self.mutate(&Msg::SetMeta {
+                path: path.to_vec(),
+                kind: m.kind,
+                meta: m.meta.clone(),
+            })?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn regular(
+        &mut self,
+        path: &[u8],
+        dir: &Arc<OwnedFd>,
+        m: Entry,
+        s: Option<Entry>,
+    ) -> Result<bool> {
+        let in_group = m.nlink > 1;
+        if in_group && self.targeted && !self.links.contains_key(&(m.dev, m.ino)) {
+            // Its other names may lie outside this round's directories.
+            self.needs_full = true;
+        }
+        if in_group {
+            if let Some(leader) = self.links.get(&(m.dev, m.ino)) {
+                // A further name of a group whose leader is already placed.
+                let linked = matches!((&s, leader.slave_ino), (Some(s), Some(ino)) if s.ino == ino);
+                if !linked {
+                    self.deferred_links
+                        .push((path.to_vec(), leader.rel.clone()));
+                    return Ok(true);
+                }
+                return Ok(false);
+            }
+        }
+        let needs_data = match &s {
+            None => true,
+            Some(s) => {
+                s.meta.mtime_sec != m.meta.mtime_sec
+                    || s.meta.mtime_nsec != m.meta.mtime_nsec
+                    || s.size != m.size
+                    // The slave shares this inode with names it should not.
+                    || (!in_group && s.nlink > 1)
+                    || (self.opts.checksum && s.hash != self.hash_source(dir, &m))
+            }
+        };
+        if in_group {
+            self.links.insert(
+                (m.dev, m.ino),
+                Leader {
+                    rel: path.to_vec(),
+                    slave_ino: s.as_ref().filter(|_| !needs_data).map(|s| s.ino),
+                },
+            );
+        }
+        if !needs_data {
+            self.update_meta(path, &m, s.as_ref().expect("present"))?;
+            return Ok(false);
+        }
+        if s.is_some() {
+            self.rep.item('>', path);
+        } else {
+            self.created(path);
+        }
+        let basis = s
+            .filter(|s| !self.opts.whole_file && s.size.min(m.size) >= DELTA_MIN)
+            .map(|s| s.size);
+        if self.opts.dry_run {
+            self.rep.counters.files_transferred.fetch_add(1, Relaxed);
+            self.rep.counters.bytes_literal.fetch_add(m.size, Relaxed);
+            return Ok(true);
+        }
+        let job = DataJob {
+            rel: path.to_vec(),
+            dir: dir.clone(),
+            name: m.name,
+            basis,
+        };
+        if self
+            .jobs
+            .as_ref()
+            .expect("workers running")
+            .send(job)
+            .is_err()
+        {
+            // Workers stop only when the connection failed.
+            return Err(self.conn.failure());
+        }
+        Ok(true)
+    }
+
+    pub(super) fn hash_source(&self, dir: &Arc<OwnedFd>, m: &Entry) -> Option<[u8; 32]> {
+        let opts = ScanOpts {
+            checksum: true,
+            xattrs: false,
+            ..self.scan
+        };
+        meta::stat_entry(dir.as_fd(), &m.name, opts).ok()?.hash
+    }
+}
