@@ -3,7 +3,6 @@
 //! whether retrying can help (backoff) or the operator must act (Faulty,
 //! waiting); and the CLI's side of starting and stopping that process.
 
-use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -13,7 +12,7 @@ use std::time::{Duration, Instant};
 use crate::error::{state, Error, Exit};
 use crate::journal::{Journal, Writer};
 use crate::replicate::Replicator;
-use crate::session::Session;
+use crate::session::{process_is_exiting, Daemon, Session};
 use crate::shutdown::Shutdown;
 use crate::status::{Board, CrawlStatus, State, Status};
 use crate::watch::Recorder;
@@ -58,9 +57,10 @@ impl Monitor {
             rustix::fs::FlockOperation::NonBlockingLockExclusive,
         )
         .map_err(|_| Error::Running(s.name.clone()))?;
+        // "PID starting" until set up: `start` waits for "PID" alone.
         let pid = std::process::id();
-        let _ = rustix::fs::ftruncate(&pid_file, 0);
-        let _ = (&pid_file).write_all(format!("{pid}\n").as_bytes());
+        write_pid(&pid_file, &format!("{pid} starting\n"))
+            .map_err(state(s.pid_path().display().to_string()))?;
         let shutdown = Shutdown::new();
         shutdown
             .on_signals()
@@ -91,7 +91,19 @@ impl Monitor {
             config.source.display(),
             config.target
         ));
+        // Reported before the pid says "ready": a reader never sees the last
+        // daemon's report (Active, nothing pending) as this one's.
+        let first = status.state == State::Created || status.last_synced.is_none();
+        status.state = State::Initializing;
+        status.crawl = Some(if first {
+            CrawlStatus::Full
+        } else {
+            CrawlStatus::CatchUp
+        });
         let board = Board::new(s, status);
+        board.publish()?;
+        write_pid(&pid_file, &format!("{pid}\n"))
+            .map_err(state(s.pid_path().display().to_string()))?;
         let worker = Worker::new(config, board, shutdown.clone(), journal, writer, recorder);
         Ok(Monitor {
             session: s.clone(),
@@ -102,15 +114,6 @@ impl Monitor {
     }
 
     fn run(&mut self) -> Result<(), Error> {
-        let st = &mut self.worker.board.status;
-        let first = st.state == State::Created || st.last_synced.is_none();
-        st.state = State::Initializing;
-        st.crawl = Some(if first {
-            CrawlStatus::Full
-        } else {
-            CrawlStatus::CatchUp
-        });
-        self.worker.publish();
         let mut backoff = Duration::from_secs(1);
         while !self.shutdown.stopping() {
             let rep = Worker::reporter();
@@ -186,8 +189,27 @@ impl Monitor {
 /// `georep start NAME`: runs the daemon in the background and returns once
 /// it holds its lock (or reports why it could not start).
 pub fn start_background(home: &Path, s: &Session) -> Result<i32, Error> {
-    if let Some(pid) = s.running_pid() {
-        return Ok(pid);
+    // A killed daemon's threads hold the lock for a moment after it died:
+    // wait for them rather than take it for a running daemon.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen_running = 0;
+    loop {
+        match s.daemon() {
+            Daemon::None => break,
+            // Looked at a few times: a signal sent a moment ago may not show yet.
+            Daemon::Running(_) if seen_running < 5 => {
+                seen_running += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Daemon::Running(_) => return Err(Error::Running(s.name.clone())),
+            Daemon::Starting(_) => return Err(Error::Running(s.name.clone())),
+            Daemon::Exiting(pid) if Instant::now() > deadline => {
+                return Err(Error::DaemonStart(format!(
+                    "the previous daemon (pid {pid}) is still exiting; try again"
+                )))
+            }
+            Daemon::Exiting(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
     }
     let exe = std::env::current_exe().map_err(|e| Error::io("locating the georep binary", e))?;
     let log = std::fs::OpenOptions::new()
@@ -227,26 +249,23 @@ pub fn start_background(home: &Path, s: &Session) -> Result<i32, Error> {
     }
 }
 
+fn write_pid(f: &std::fs::File, text: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    rustix::fs::ftruncate(f, 0)?;
+    f.write_all_at(text.as_bytes(), 0)
+}
+
 /// `georep stop NAME`: SIGTERM, wait; SIGKILL if it does not go in 30 s.
 pub fn stop(s: &Session) -> Result<(), Error> {
-    let Some(pid) = s.running_pid() else {
-        return Ok(());
+    let pid = match s.daemon() {
+        Daemon::Running(pid) | Daemon::Starting(Some(pid)) | Daemon::Exiting(pid) => pid,
+        Daemon::Starting(None) | Daemon::None => return Ok(()),
     };
     let pid = rustix::process::Pid::from_raw(pid).expect("positive pid");
     let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
     // The lock goes when the daemon closes its pid file, a moment before the
     // process is gone: wait for both (a zombie counts as gone).
-    let gone = || {
-        s.running_pid().is_none()
-            && std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero())).map_or(
-                true,
-                |st| {
-                    st.rsplit(')')
-                        .next()
-                        .is_some_and(|r| r.trim_start().starts_with('Z'))
-                },
-            )
-    };
+    let gone = || s.daemon() == Daemon::None && process_is_exiting(pid.as_raw_nonzero().get());
     let deadline = Instant::now() + Duration::from_secs(30);
     while !gone() {
         if Instant::now() > deadline {

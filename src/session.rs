@@ -120,25 +120,84 @@ impl Session {
         self.dir.join("daemon.log")
     }
 
-    /// The daemon's pid, if one is running (it holds a lock on the pid file).
+    /// The daemon's pid, if one is running and ready: it holds a lock on the
+    /// pid file from its start, and writes its pid there once it is set up.
     pub fn running_pid(&self) -> Option<i32> {
-        let f = std::fs::File::open(self.pid_path()).ok()?;
-        match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockShared) {
-            Ok(()) => None,
-            Err(_) => std::fs::read_to_string(self.pid_path())
-                .ok()?
-                .trim()
-                .parse()
-                .ok(),
+        match self.daemon() {
+            Daemon::Running(pid) => Some(pid),
+            _ => None,
+        }
+    }
+
+    /// What holds the session's lock.
+    pub fn daemon(&self) -> Daemon {
+        let Ok(f) = std::fs::File::open(self.pid_path()) else {
+            return Daemon::None;
+        };
+        if rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockShared).is_ok() {
+            return Daemon::None;
+        }
+        // "PID starting" while it sets up, then "PID"; empty for a moment.
+        let text = std::fs::read_to_string(self.pid_path()).unwrap_or_default();
+        let mut words = text.split_whitespace();
+        let Some(pid) = words.next().and_then(|w| w.parse::<i32>().ok()) else {
+            return Daemon::Starting(None);
+        };
+        if process_is_exiting(pid) {
+            Daemon::Exiting(pid)
+        } else if words.next() == Some("starting") {
+            Daemon::Starting(Some(pid))
+        } else {
+            Daemon::Running(pid)
         }
     }
 
     pub fn delete(self) -> Result<(), Error> {
-        if self.running_pid().is_some() {
+        if self.daemon() != Daemon::None {
             return Err(Error::Running(self.name));
         }
         std::fs::remove_dir_all(&self.dir).map_err(state(self.dir.display().to_string()))
     }
+}
+
+/// Who holds a session's lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Daemon {
+    None,
+    /// Locked, setting up (journal, watches): not ready yet.
+    Starting(Option<i32>),
+    Running(i32),
+    /// Killed or exiting; its threads still hold the lock for a moment.
+    Exiting(i32),
+}
+
+/// A process that is gone, a zombie, exiting, or has a SIGKILL pending.
+pub fn process_is_exiting(pid: i32) -> bool {
+    const PF_EXITING: u64 = 0x4;
+    const SIGKILL_BIT: u64 = 1 << (9 - 1);
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    // After "(comm)": state, then ppid, pgrp, session, tty, tpgid, flags.
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let state = fields.first().copied().unwrap_or("X");
+    let flags: u64 = fields.get(6).and_then(|f| f.parse().ok()).unwrap_or(0);
+    if matches!(state, "Z" | "X" | "x") || flags & PF_EXITING != 0 {
+        return true;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().any(|l| {
+        let mask = l
+            .strip_prefix("SigPnd:")
+            .or_else(|| l.strip_prefix("ShdPnd:"));
+        mask.and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+            .is_some_and(|m| m & SIGKILL_BIT != 0)
+    })
 }
 
 /// Writes a file so that readers see the old or the new content, never half;

@@ -3,6 +3,7 @@
 mod crawl;
 mod engine;
 mod hostile;
+mod regression;
 mod session;
 mod ssh;
 mod support;

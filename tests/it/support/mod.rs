@@ -9,6 +9,7 @@ pub mod fs;
 pub mod harness;
 pub mod mutations;
 pub mod process;
+pub mod session;
 pub mod sshd;
 pub mod tree;
 

@@ -1,0 +1,187 @@
+//! Regression tests, each named for the bug it pins and saying what went
+//! wrong. New ones go here, not into the feature suites.
+
+use std::time::{Duration, Instant};
+
+use rustix::process::Signal;
+
+use crate::support::fs::*;
+use crate::support::process::signal;
+use crate::support::session::*;
+use crate::support::{georep_test, TestDir};
+
+// ---- Sessions: bugs the session tests found, each pinned on a minimal tree.
+
+// notify follows symlinks by default: with `links/to_dir -> ../nested/a` in the tree,
+// inotify hands out one watch per inode, and the events of nested/a arrived named
+// links/to_dir/...: the daemon skipped the merge of a symlink (changes silently lost)
+// or shipped a rename under links/to_dir that the slave refused (Faulty for good).
+georep_test!(regression_symlink_to_dir_hides_no_event, |t: TestDir| {
+    write_file(&t.src.join("nested/a/sibling"), b"sibling");
+    write_file(&t.src.join("nested/a/b/leaf"), b"leaf");
+    mkdir(&t.src.join("links"));
+    symlink("../nested/a", &t.src.join("links/to_dir"));
+    let s = started(&t, "symlinked", &[]);
+    write_file(&t.src.join("nested/a/new"), b"created");
+    s.wait_converged("a file created in a directory a symlink points to");
+    rename(
+        &t.src.join("nested/a/sibling"),
+        &t.src.join("nested/a/renamed"),
+    );
+    s.wait_converged("a rename in it");
+    remove(&t.src.join("nested/a/b"));
+    write_file(&t.src.join("nested/a/b"), b"now a file");
+    s.wait_converged("a directory replaced by a file in it");
+    s.stop();
+    assert_converged(&s);
+});
+
+// utimensat with the mtime only (atime UTIME_OMIT, as `touch -m`, tar and rsync do)
+// raises IN_MODIFY, not IN_ATTRIB: recorded as a data change, it merged the parent
+// only, whose merge leaves a subdirectory's own metadata to that directory's merge.
+georep_test!(regression_dir_mtime_only_change, |t: TestDir| {
+    write_file(&t.src.join("d/full/f"), b"f");
+    mkdir(&t.src.join("d/empty"));
+    let s = started(&t, "mtimes", &[]);
+    set_mtime_ns(&t.src.join("d/empty"), 1_234_567_890, 987_654_321);
+    set_mtime_ns(&t.src.join("d/full"), 1_234_567_891, 1);
+    s.wait_converged("directory mtimes set with the atime left alone");
+    s.stop();
+    assert_converged(&s);
+});
+
+// A file replaced by a directory with contents while another directory changes in the
+// same batch: the slave was asked to list files/f while it still was a file, refused
+// ("crosses a symlink or non-directory"), and the same batch failed at every retry.
+georep_test!(regression_file_to_dir_in_a_busy_batch, |t: TestDir| {
+    write_file(&t.src.join("files/f"), b"a file");
+    write_file(&t.src.join("a/x"), b"x");
+    let s = started(&t, "busy", &[]);
+    remove(&t.src.join("files/f"));
+    write_file(&t.src.join("files/f/inside"), b"now a directory");
+    write_file(&t.src.join("a/y"), b"another directory in the batch");
+    s.wait_converged("file to directory, with another directory in the batch");
+    s.stop();
+    assert_converged(&s);
+});
+
+// ---- The error policy (issue: the daemon retried every error forever, journal
+// errors exited as protocol errors, a daemon that failed to start as a usage error).
+
+/// A session whose journal cannot be opened (here: a directory in its place).
+fn session_with_a_broken_journal(t: &TestDir) -> Session {
+    let s = Session::new(t, "broken");
+    s.create_ok(p(&t.dst), &[]);
+    let journal = s.dir().join("journal.db");
+    let _ = std::fs::remove_file(&journal);
+    mkdir(&journal.join("in-the-way"));
+    s
+}
+
+georep_test!(
+    regression_journal_error_exits_as_state_error,
+    |t: TestDir| {
+        let s = session_with_a_broken_journal(&t);
+        let run = s.run(&["start", "broken", "--foreground"]);
+        run.assert_code(8);
+        assert!(
+            run.stderr.contains("journal"),
+            "the message names the journal:\n{run}"
+        );
+    }
+);
+
+georep_test!(
+    regression_daemon_that_fails_to_start_is_a_session_error,
+    |t: TestDir| {
+        let s = session_with_a_broken_journal(&t);
+        let run = s.run(&["start", "broken"]);
+        run.assert_code(EXIT_SESSION);
+        assert!(
+            run.stderr.contains("daemon.log"),
+            "it points at the log:\n{run}"
+        );
+    }
+);
+
+georep_test!(
+    regression_permanent_error_is_not_retried_forever,
+    |t: TestDir| {
+        // A "slave" that answers with a banner instead of frames: a protocol
+        // error that no retry can mend.
+        let fake = t.root.join("not-a-slave");
+        write_file(
+            &fake,
+            b"#!/bin/sh\necho 'Welcome to a shell banner'\nsleep 1\n",
+        );
+        chmod(&fake, 0o755);
+        let s = Session::new(&t, "banner");
+        s.create_ok(p(&t.dst), &[&format!("remote_command={}", p(&fake))]);
+        s.start();
+        let st = s.wait_status("Faulty with the cause", Duration::from_secs(30), |st| {
+            st["state"] == "Faulty"
+                && st["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("not retried"))
+        });
+        assert!(
+            st["last_error"]
+                .as_str()
+                .unwrap()
+                .contains("georep stop banner"),
+            "it says what to do: {st}"
+        );
+        // With retries, the 1 s and 2 s backoffs would have counted more failures.
+        let until = Instant::now() + Duration::from_secs(4);
+        while Instant::now() < until {
+            let st = s.status();
+            assert_eq!(st["failures"], 1, "retried a permanent error: {st}");
+            assert!(
+                s.daemon_pid().is_some(),
+                "the daemon waits for the operator"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        s.stop();
+    }
+);
+
+// `georep start` right after `kill -9` of the daemon exited 0, printed nothing
+// and started nothing: the killed process's threads still held the lock for
+// some milliseconds, and start took it for a running daemon.
+georep_test!(
+    regression_start_right_after_sigkill_starts_a_daemon,
+    |t: TestDir| {
+        for i in 0..100 {
+            write_file(&t.src.join(format!("d{i}/f")), b"x");
+        }
+        let s = started(&t, "killed", &[]);
+        for round in 0..10 {
+            let old = s.daemon_pid().expect("a daemon runs");
+            signal(old, Signal::KILL);
+            // No wait: `start` must cope with the dying process itself.
+            s.start();
+            let new = s.daemon_pid().expect("start started one");
+            assert_ne!(
+                new, old,
+                "round {round}: the killed daemon is not a running one"
+            );
+        }
+        write_file(&t.src.join("after"), b"after the kills");
+        s.wait_converged("after ten SIGKILLs and starts");
+        s.stop();
+        assert_converged(&s);
+    }
+);
+
+// A second `start` of a running session answered 0 as if it had started it.
+georep_test!(
+    regression_start_of_a_running_session_says_so,
+    |t: TestDir| {
+        let s = started(&t, "twice", &[]);
+        let run = s.run(&["start", "twice"]);
+        run.assert_code(EXIT_SESSION);
+        assert!(run.stderr.contains("running"), "{run}");
+        s.stop();
+    }
+);
