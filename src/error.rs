@@ -38,6 +38,9 @@ pub enum Exit {
     State = 8,
     /// Some entries failed; everything else was replicated.
     Partial = 23,
+    /// Nothing failed, but some entries vanished from the source while they
+    /// were read (rsync's 24).
+    Vanished = 24,
 }
 
 impl Exit {
@@ -52,6 +55,7 @@ impl Exit {
             7 => Exit::Session,
             8 => Exit::State,
             23 => Exit::Partial,
+            24 => Exit::Vanished,
             _ => Exit::Other,
         }
     }
@@ -140,7 +144,9 @@ impl Error {
             Error::Ssh { .. } => Exit::Ssh,
             Error::Partial { .. } => Exit::Partial,
             Error::Remote { code, .. } => match Exit::from_code(*code) {
-                Exit::Ok | Exit::Other | Exit::Partial | Exit::Usage => Exit::Protocol,
+                Exit::Ok | Exit::Other | Exit::Partial | Exit::Vanished | Exit::Usage => {
+                    Exit::Protocol
+                }
                 e => e,
             },
             Error::Usage(_) => Exit::Usage,

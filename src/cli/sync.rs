@@ -54,6 +54,12 @@ pub fn run(a: SyncArgs) -> Exit {
                     summary.errors
                 );
                 Exit::Partial
+            } else if summary.vanished > 0 {
+                eprintln!(
+                    "georep: {} entries vanished from the source while it was read",
+                    summary.vanished
+                );
+                Exit::Vanished
             } else {
                 Exit::Ok
             }

@@ -118,10 +118,19 @@ impl Planner<'_> {
     }
 
     /// A source directory that cannot be read: report it and leave its
-    /// replica alone (deleting there would lose data we cannot see).
+    /// replica alone (deleting there would lose data we cannot see). One that
+    /// vanished (removed, or replaced by a non-directory) is like a vanished
+    /// file: the journal holds what happened to it, and the round goes on.
     pub(super) fn unreadable_dir(&self, rel: &[u8], e: PathError) -> Result<Vec<DirTask>> {
-        self.rep
-            .error(&format!("cannot read directory {}: {e}", show(rel)));
+        if vanished(&e) {
+            self.rep.vanished(&format!(
+                "directory {} vanished while it was read",
+                show(rel)
+            ));
+        } else {
+            self.rep
+                .error(&format!("cannot read directory {}: {e}", show(rel)));
+        }
         Ok(Vec::new())
     }
 
@@ -330,5 +339,18 @@ impl Planner<'_> {
             ..self.scan
         };
         meta::stat_entry(dir.as_fd(), &m.name, opts).ok()?.hash
+    }
+}
+
+/// Whether a source path error means the directory is no longer there.
+fn vanished(e: &PathError) -> bool {
+    use rustix::io::Errno;
+    match e {
+        PathError::NotDir { .. } => true,
+        PathError::Io { source, .. } => matches!(
+            Errno::from_io_error(source),
+            Some(Errno::NOENT | Errno::NOTDIR | Errno::LOOP)
+        ),
+        PathError::Invalid(_) => false,
     }
 }

@@ -19,6 +19,8 @@ pub struct Counters {
     pub bytes_literal: AtomicU64,
     pub bytes_matched: AtomicU64,
     pub errors: AtomicU64,
+    /// Entries that vanished from the source while the run read them.
+    pub vanished: AtomicU64,
 }
 
 /// The `--json` summary.
@@ -34,6 +36,7 @@ pub struct Summary {
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub errors: u64,
+    pub vanished: u64,
     pub elapsed_seconds: f64,
     pub dry_run: bool,
 }
@@ -96,6 +99,13 @@ impl Reporter {
         self.observer.warn(msg);
     }
 
+    /// An entry that vanished from the source while it was read: counted
+    /// and told, not a failure (what happened to it is someone else's news).
+    pub fn vanished(&self, msg: &str) {
+        self.counters.vanished.fetch_add(1, Relaxed);
+        self.observer.warn(msg);
+    }
+
     pub fn planned(&self, bytes: u64) {
         let files = self.counters.files_transferred.load(Relaxed);
         self.observer.planned(bytes, files);
@@ -119,6 +129,7 @@ impl Reporter {
             bytes_sent,
             bytes_received,
             errors: c.errors.load(Relaxed),
+            vanished: c.vanished.load(Relaxed),
             elapsed_seconds: self.started.elapsed().as_secs_f64(),
             dry_run,
         }

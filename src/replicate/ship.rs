@@ -100,7 +100,7 @@ pub fn run(conn: &Conn, job: DataJob, o: JobOpts, rep: &Reporter, v: &Verdicts) 
             }
             Ok(Outcome::Torn) => continue,
             Ok(Outcome::Vanished) => {
-                rep.warn(&format!(
+                rep.vanished(&format!(
                     "{}: vanished before it could be sent",
                     show(&job.rel)
                 ));

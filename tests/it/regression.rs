@@ -185,3 +185,56 @@ georep_test!(
         s.stop();
     }
 );
+
+// A source directory that vanished while a round listed it ("cannot read
+// directory X: No such file or directory") failed the whole batch, so under
+// churn the session backed off into crawls that failed again: lag grew to
+// minutes, and `sync` of a tree being written exited 23. It is now like a
+// vanished file: counted, told, and the round goes on.
+georep_test!(
+    regression_vanished_directory_is_not_a_failure,
+    |t: TestDir| {
+        use std::sync::atomic::Ordering::Relaxed;
+        use std::sync::Arc;
+
+        use georep::config::SessionConfig;
+        use georep::replicate::observe::{Observer, Reporter};
+        use georep::replicate::{Replicator, Scope};
+        use georep::transport::memory::InProcess;
+
+        /// Removes `doomed` from the source when the round creates `trigger`:
+        /// after the parent's listing saw it, before the walk reaches it.
+        struct Remover {
+            trigger: Vec<u8>,
+            doomed: std::path::PathBuf,
+        }
+        impl Observer for Remover {
+            fn item(&self, tag: char, path: &[u8]) {
+                if tag == '+' && path == self.trigger && self.doomed.exists() {
+                    std::fs::remove_dir_all(&self.doomed).unwrap();
+                }
+            }
+        }
+
+        write_file(&t.src.join("a/f"), b"a");
+        write_file(&t.src.join("b/deep/f"), b"b");
+        let config = SessionConfig::new(t.src.clone(), t.dst.display().to_string());
+        let opts = config.options().unwrap();
+        let rep = Arc::new(Reporter::new(Box::new(Remover {
+            trigger: b"a/f".to_vec(),
+            doomed: t.src.join("b"),
+        })));
+        let slave = InProcess {
+            root: t.dst.clone(),
+        };
+        let mut r = Replicator::connect_with(&opts, &slave, rep.clone()).unwrap();
+        r.round(&Scope::Full).expect("the round goes on");
+        assert!(!t.src.join("b").exists(), "the trigger fired");
+        assert_eq!(rep.counters.errors.load(Relaxed), 0, "not a failure");
+        assert_eq!(rep.counters.vanished.load(Relaxed), 1, "but counted");
+        // The next round settles what became of it.
+        r.round(&Scope::Full).expect("next round");
+        r.close(Ok(())).unwrap();
+        crate::support::tree::assert_trees_equal(&t.src, &t.dst);
+    }
+);
