@@ -199,39 +199,76 @@ impl Planner<'_> {
                 });
             }
             Kind::Regular => changed |= self.regular(path, dir, m, s)?,
-            Kind::Symlink => match s {
-                Some(s) if s.target == m.target => self.update_meta(path, &m, &s)?,
-                s => {
-                    if s.is_some() {
-                        self.rep.item('>', path);
-                    } else {
-                        self.created(path);
-                    }
-                    self.mutate(&Msg::Symlink {
-                        path: path.to_vec(),
-                        target: m.target,
-                        meta: m.meta,
-                    })?;
-                    changed = true;
+            kind => {
+                // A further name of a hard-link group (of any type): a link.
+                if let Some(linked) = self.follower(path, &m, s.as_ref()) {
+                    return Ok(changed | linked);
                 }
-            },
-            kind => match s {
-                Some(s) if s.rdev == m.rdev => self.update_meta(path, &m, &s)?,
-                s => {
-                    if s.is_none() {
-                        self.created(path);
+                let same = |s: &Entry| match kind {
+                    Kind::Symlink => s.target == m.target,
+                    _ => s.rdev == m.rdev,
+                };
+                // The slave's inode is shared with names it should not be.
+                let keep = s
+                    .as_ref()
+                    .filter(|s| same(s) && (m.nlink > 1 || s.nlink == 1));
+                self.lead(path, &m, keep.map(|s| s.ino));
+                match (keep, &s) {
+                    (Some(s), _) => self.update_meta(path, &m, s)?,
+                    (None, old) => {
+                        if old.is_some() {
+                            self.rep.item('>', path);
+                        } else {
+                            self.created(path);
+                        }
+                        self.mutate(&match kind {
+                            Kind::Symlink => Msg::Symlink {
+                                path: path.to_vec(),
+                                target: m.target,
+                                meta: m.meta,
+                            },
+                            kind => Msg::Mknod {
+                                path: path.to_vec(),
+                                kind,
+                                rdev: m.rdev,
+                                meta: m.meta,
+                            },
+                        })?;
+                        changed = true;
                     }
-                    self.mutate(&Msg::Mknod {
-                        path: path.to_vec(),
-                        kind,
-                        rdev: m.rdev,
-                        meta: m.meta,
-                    })?;
-                    changed = true;
                 }
-            },
+            }
         }
         Ok(changed)
+    }
+
+    /// A further name of a hard-link group whose leader is already placed:
+    /// linked to it once every leader has its content (returns whether a
+    /// link is owed). None: `m` is not in a group, or leads it.
+    fn follower(&mut self, path: &[u8], m: &Entry, s: Option<&Entry>) -> Option<bool> {
+        if m.nlink <= 1 {
+            return None;
+        }
+        if self.targeted && !self.links.contains_key(&(m.dev, m.ino)) {
+            // Its other names may lie outside this round's directories.
+            self.needs_full = true;
+        }
+        let leader = self.links.get(&(m.dev, m.ino))?;
+        let linked = matches!((s, leader.slave_ino), (Some(s), Some(ino)) if s.ino == ino);
+        if !linked {
+            self.deferred_links
+                .push((path.to_vec(), leader.rel.clone()));
+        }
+        Some(!linked)
+    }
+
+    /// Records `path` as the leader of its hard-link group, if it has one;
+    /// `slave_ino` is the slave inode that keeps its content, if any does.
+    fn lead(&mut self, path: &[u8], m: &Entry, slave_ino: Option<u64>) {
+        if m.nlink > 1 {
+            let rel = path.to_vec();
+            self.links.insert((m.dev, m.ino), Leader { rel, slave_ino });
+        }
     }
 
     pub(super) fn created(&self, path: &[u8]) {
@@ -260,21 +297,8 @@ impl Planner<'_> {
         s: Option<Entry>,
     ) -> Result<bool> {
         let in_group = m.nlink > 1;
-        if in_group && self.targeted && !self.links.contains_key(&(m.dev, m.ino)) {
-            // Its other names may lie outside this round's directories.
-            self.needs_full = true;
-        }
-        if in_group {
-            if let Some(leader) = self.links.get(&(m.dev, m.ino)) {
-                // A further name of a group whose leader is already placed.
-                let linked = matches!((&s, leader.slave_ino), (Some(s), Some(ino)) if s.ino == ino);
-                if !linked {
-                    self.deferred_links
-                        .push((path.to_vec(), leader.rel.clone()));
-                    return Ok(true);
-                }
-                return Ok(false);
-            }
+        if let Some(linked) = self.follower(path, &m, s.as_ref()) {
+            return Ok(linked);
         }
         let needs_data = match &s {
             None => true,
@@ -287,15 +311,7 @@ impl Planner<'_> {
                     || (self.opts.checksum && s.hash != self.hash_source(dir, &m))
             }
         };
-        if in_group {
-            self.links.insert(
-                (m.dev, m.ino),
-                Leader {
-                    rel: path.to_vec(),
-                    slave_ino: s.as_ref().filter(|_| !needs_data).map(|s| s.ino),
-                },
-            );
-        }
+        self.lead(path, &m, s.as_ref().filter(|_| !needs_data).map(|s| s.ino));
         if !needs_data {
             self.update_meta(path, &m, s.as_ref().expect("present"))?;
             return Ok(false);

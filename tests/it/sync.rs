@@ -482,3 +482,36 @@ georep_test!(sigkill_at_any_point_then_resync_converges, |t: TestDir| {
         converge(&t, &dst);
     }
 });
+
+// Hard links between non-regular files (`cp -al` snapshots, rsnapshot) were
+// replicated as separate inodes, while `rsync -aH` keeps them linked.
+georep_test!(hard_links_of_every_type_stay_linked, |t: TestDir| {
+    let s = &t.src;
+    symlink("some/target", &s.join("sym"));
+    hard_link(&s.join("sym"), &s.join("sym2"));
+    mkfifo(&s.join("fifo"), 0o640);
+    mkdir(&s.join("sub"));
+    hard_link(&s.join("fifo"), &s.join("sub/fifo2"));
+    let _listener = std::os::unix::net::UnixListener::bind(s.join("sock")).unwrap();
+    hard_link(&s.join("sock"), &s.join("sock2"));
+    if is_root() {
+        mknod(
+            &s.join("null"),
+            rustix::fs::FileType::CharacterDevice,
+            0o600,
+            1,
+            3,
+        );
+        hard_link(&s.join("null"), &s.join("null2"));
+    }
+    t.sync_ok(&[]);
+    assert_trees_equal(&t.src, &t.dst);
+    // A second run finds every group in place: nothing to do.
+    let again = t.sync_ok(&[]);
+    assert_eq!(again.json["entries_created"], 0, "{}", again.json);
+    // A group split on the slave (a name replaced by its own inode) is mended.
+    remove(&t.dst.join("sym2"));
+    symlink("some/target", &t.dst.join("sym2"));
+    t.sync_ok(&[]);
+    assert_trees_equal(&t.src, &t.dst);
+});

@@ -378,10 +378,11 @@ fn shorten(value: &[u8]) -> String {
     format!("\"{}{more}\" ({} bytes)", head.escape_ascii(), value.len())
 }
 
-/// Non-trivial hard-link groups: regular files sharing an inode, as sorted path lists.
+/// Non-trivial hard-link groups: non-directories of any type (regular files,
+/// symlinks, fifos, sockets, devices) sharing an inode, as sorted path lists.
 fn link_groups(tree: &BTreeMap<PathBuf, Metadata>) -> BTreeSet<Vec<&PathBuf>> {
     let mut by_inode: HashMap<(u64, u64), Vec<&PathBuf>> = HashMap::new();
-    for (rel, m) in tree.iter().filter(|(_, m)| m.is_file()) {
+    for (rel, m) in tree.iter().filter(|(_, m)| !m.is_dir()) {
         by_inode.entry((m.dev(), m.ino())).or_default().push(rel);
     }
     // The tree iterates in order, so every group is already sorted.
