@@ -169,6 +169,7 @@ impl SessionConfig {
             fsync: self.fsync,
             xattrs: self.sync_xattrs,
             excluder,
+            source_identity: None,
             compress: self.compress,
             ssh: SshOptions {
                 identity: self.identity.clone(),

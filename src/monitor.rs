@@ -114,6 +114,11 @@ impl Monitor {
     }
 
     fn run(&mut self) -> Result<(), Error> {
+        // Sessions created before the source was recorded trust it now.
+        let identity = match self.session.source_identity() {
+            Some(id) => Some(id),
+            None => self.session.record_source(&self.worker.config).ok(),
+        };
         let mut backoff = Duration::from_secs(1);
         while !self.shutdown.stopping() {
             let rep = Worker::reporter();
@@ -121,6 +126,10 @@ impl Monitor {
                 .worker
                 .config
                 .options()
+                .map(|mut o| {
+                    o.source_identity = identity;
+                    o
+                })
                 .and_then(|opts| Replicator::connect(&opts, rep.clone()))
                 .and_then(|mut r| {
                     let outcome = self.worker.serve(&mut r, &rep);

@@ -75,12 +75,14 @@ impl Session {
             return Err(Error::SessionExists(name.to_string()));
         }
         config.validate()?;
+        source_identity(config)?;
         std::fs::create_dir_all(&dir).map_err(state(dir.display().to_string()))?;
         let s = Session {
             name: name.to_string(),
             dir,
         };
         s.save(config)?;
+        s.record_source(config)?;
         Ok(s)
     }
 
@@ -105,6 +107,22 @@ impl Session {
     pub fn save(&self, config: &SessionConfig) -> Result<(), Error> {
         let text = toml::to_string(config).expect("config serializes");
         write_atomic(&self.dir.join("config.toml"), text.as_bytes(), true)
+    }
+
+    /// The source's (device, inode) as recorded at create (or at the first
+    /// start of a session older than the record, or by `start --force`).
+    pub fn source_identity(&self) -> Option<(u64, u64)> {
+        let text = std::fs::read_to_string(self.dir.join("source.id")).ok()?;
+        let (dev, ino) = text.trim().split_once(' ')?;
+        Some((dev.parse().ok()?, ino.parse().ok()?))
+    }
+
+    /// Records what the source is now: it must exist and be a directory.
+    pub fn record_source(&self, config: &SessionConfig) -> Result<(u64, u64), Error> {
+        let id = source_identity(config)?;
+        let text = format!("{} {}\n", id.0, id.1);
+        write_atomic(&self.dir.join("source.id"), text.as_bytes(), true)?;
+        Ok(id)
     }
 
     pub fn journal_path(&self) -> PathBuf {
@@ -158,6 +176,20 @@ impl Session {
         }
         std::fs::remove_dir_all(&self.dir).map_err(state(self.dir.display().to_string()))
     }
+}
+
+/// The source's (device, inode); it must exist and be a directory.
+fn source_identity(config: &SessionConfig) -> Result<(u64, u64), Error> {
+    use std::os::unix::fs::MetadataExt;
+    let source_err = |reason: String| Error::Source {
+        path: config.source.display().to_string(),
+        reason,
+    };
+    let st = std::fs::metadata(&config.source).map_err(|e| source_err(e.to_string()))?;
+    if !st.is_dir() {
+        return Err(source_err("not a directory".into()));
+    }
+    Ok((st.dev(), st.ino()))
 }
 
 /// Who holds a session's lock.

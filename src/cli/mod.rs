@@ -43,6 +43,10 @@ pub enum Command {
         /// Run in the foreground (for systemd).
         #[arg(long)]
         foreground: bool,
+        /// Accept the source as it is now, after a safety halt (say, the
+        /// source volume was replaced on purpose).
+        #[arg(long)]
+        force: bool,
     },
     /// Stop a session's daemon.
     Stop { name: String },
@@ -225,7 +229,11 @@ pub fn run(cli: Cli) -> Exit {
         Command::Sync(a) => sync::run(a),
         Command::Keys(KeysCommand::Create(a)) => keys_create(&a),
         Command::Create(a) => report(session::create(&home(), &a)),
-        Command::Start { name, foreground } => session::start(&home(), &name, foreground),
+        Command::Start {
+            name,
+            foreground,
+            force,
+        } => session::start(&home(), &name, foreground, force),
         Command::Stop { name } => report(session::stop(&home(), &name)),
         Command::Status { name, json } => report(session::status(&home(), name.as_deref(), json)),
         Command::Config {

@@ -23,8 +23,14 @@ pub fn create(home: &Path, a: &CreateArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn start(home: &Path, name: &str, foreground: bool) -> Exit {
-    match Session::open(home, name) {
+pub fn start(home: &Path, name: &str, foreground: bool, force: bool) -> Exit {
+    let opened = Session::open(home, name).and_then(|s| {
+        if force {
+            s.record_source(&s.config()?)?;
+        }
+        Ok(s)
+    });
+    match opened {
         Ok(s) if foreground => monitor::run_foreground(&s),
         Ok(s) => super::report(monitor::start_background(home, &s).map(|_| ())),
         Err(e) => super::report(Err(e)),

@@ -25,6 +25,7 @@ impl SyncArgs {
             fsync: self.fsync,
             xattrs: !self.no_xattrs,
             excluder,
+            source_identity: None,
             compress: self.compress,
             ssh: self.ssh.into(),
         })

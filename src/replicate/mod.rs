@@ -190,6 +190,21 @@ fn open_source(opts: &Options) -> Result<Root> {
             e => e.to_string(),
         },
     })?;
+    if let Some((dev, ino)) = opts.source_identity {
+        let st = rustix::fs::fstat(&fd).map_err(|e| Error::Source {
+            path: opts.source.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        if (st.st_dev, st.st_ino) != (dev, ino) {
+            return Err(Error::Source {
+                path: opts.source.display().to_string(),
+                reason: "is not the directory it was when the session was created \
+                    (an unmounted volume, or a replaced directory?); nothing is \
+                    deleted until `georep start --force` accepts it"
+                    .into(),
+            });
+        }
+    }
     Ok(Root::new(fd))
 }
 

@@ -21,6 +21,10 @@ pub struct Options {
     pub fsync: FsyncPolicy,
     pub xattrs: bool,
     pub excluder: Excluder,
+    /// The source's (device, inode) as recorded when the session was
+    /// created: a source that is not that directory any more (an unmounted
+    /// volume leaves its empty mount point) is refused, never mirrored.
+    pub source_identity: Option<(u64, u64)>,
     /// zstd-compress literal data on the wire.
     pub compress: bool,
     pub ssh: SshOptions,

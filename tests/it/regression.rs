@@ -238,3 +238,43 @@ georep_test!(
         crate::support::tree::assert_trees_equal(&t.src, &t.dst);
     }
 );
+
+// With the source's volume unmounted (an empty mount point in its place) and
+// the session restarted, the replica was wiped. The source's device and inode
+// are recorded at create; a different directory there is a safety halt.
+georep_test!(
+    regression_replaced_source_halts_instead_of_wiping_the_replica,
+    |t: TestDir| {
+        for i in 0..20 {
+            write_file(&t.src.join(format!("d{}/f{i}", i % 4)), b"precious");
+        }
+        let s = started(&t, "halt", &[]);
+        s.stop();
+        rename(&t.src, &t.root.join("src.unmounted"));
+        mkdir(&t.src);
+        s.start();
+        let st = s.wait_status("a safety halt", Duration::from_secs(30), |st| {
+            st["state"] == "Faulty"
+                && st["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("not the directory it was"))
+        });
+        assert!(
+            st["last_error"].as_str().unwrap().contains("--force"),
+            "{st}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(
+            crate::support::tree::walk(&t.dst).len(),
+            crate::support::tree::walk(&t.root.join("src.unmounted")).len(),
+            "nothing was deleted from the replica"
+        );
+        s.stop();
+        // The operator says the new source is the one: it is replicated.
+        write_file(&t.src.join("new"), b"the new source");
+        s.run(&["start", "halt", "--force"]).assert_code(0);
+        s.wait_converged("after start --force");
+        s.stop();
+        assert_converged(&s);
+    }
+);
