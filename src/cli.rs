@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::agent::volumes::{self, Request};
 use crate::daemon;
 use crate::error::Exit;
 use crate::exclude::Excluder;
@@ -14,7 +15,6 @@ use crate::session::{self, Session, SessionConfig, SessionError};
 use crate::sync::{self, SyncOptions};
 use crate::target::{Place, Target};
 use crate::transport::SshOptions;
-use crate::volumes::{self, Request};
 
 #[derive(Parser, Debug)]
 #[command(name = "georep", version, about = "File-level geo-replication")]

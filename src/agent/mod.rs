@@ -1,0 +1,385 @@
+//! `georep slave`: applies a master's stream beneath one root directory.
+//!
+//! The agent trusts nothing it reads. Paths are resolved with
+//! [`crate::confine::Root`], sizes and counts are checked before use, deltas
+//! are applied with `apply_limited` and every rebuilt file is checked against
+//! the master's BLAKE3 before it is renamed into place. A message that breaks
+//! the protocol (a path escaping the root, an impossible size, a delta that
+//! reads out of bounds) is answered with a Fatal frame and the agent exits
+//! non-zero, removing its temporaries. A failure of one entry (disk full,
+//! permission) is reported with OpError and the run goes on.
+
+mod apply;
+mod list;
+mod receive;
+pub mod volumes;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{FlockOperation, Mode, OFlags};
+
+use crate::confine::{PathError, Root};
+use crate::delta;
+use crate::error::Exit;
+use crate::meta::{ApplyOpts, Kind, Meta};
+use crate::proto::frame::{self as wire, WireError};
+use crate::proto::{self, FsyncPolicy, Hello, Msg, Side};
+
+use receive::{discard, Incoming};
+
+/// Files being received at once; a master keeps far fewer in flight.
+const MAX_OPEN_FILES: usize = 256;
+/// Listing chunk size, well under the frame limit.
+const LIST_CHUNK: usize = 1 << 20;
+/// Largest decompressed FileData payload.
+const MAX_DATA: usize = 4 << 20;
+/// Directory metadata held until Finish.
+const MAX_DIR_METAS: usize = 50_000_000;
+
+/// Why the agent stops or skips an entry.
+enum Failure {
+    /// One entry failed; report it and go on.
+    Op(Vec<u8>, String),
+    /// Stop: report, clean up, exit with this code.
+    Fatal(Exit, String),
+}
+
+type Step = Result<(), Failure>;
+
+fn fatal(msg: impl Into<String>) -> Failure {
+    Failure::Fatal(Exit::Protocol, msg.into())
+}
+
+fn op_err(path: &[u8], e: impl std::fmt::Display) -> Failure {
+    Failure::Op(path.to_vec(), e.to_string())
+}
+
+impl From<PathError> for Failure {
+    fn from(e: PathError) -> Failure {
+        match &e {
+            PathError::Io { .. } => Failure::Op(Vec::new(), e.to_string()),
+            _ => fatal(format!("refused: {e}")),
+        }
+    }
+}
+
+/// Attaches the path to an I/O failure of one entry.
+trait OpContext<T> {
+    fn at(self, path: &[u8]) -> Result<T, Failure>;
+}
+
+impl<T, E: std::fmt::Display> OpContext<T> for Result<T, E> {
+    fn at(self, path: &[u8]) -> Result<T, Failure> {
+        self.map_err(|e| op_err(path, e))
+    }
+}
+
+/// The slave's state for one connection (one or more rounds).
+pub struct Agent<W: Write> {
+    root_path: PathBuf,
+    root: Option<Root>,
+    out: BufWriter<W>,
+    privileged: bool,
+    master: Option<Hello>,
+    incoming: HashMap<u64, Incoming>,
+    bases: HashMap<u64, File>,
+    dir_metas: Vec<(Vec<u8>, Meta)>,
+    finished: bool,
+}
+
+/// Runs the agent on a byte stream until Finish, EOF or a fatal error;
+/// returns the process exit code.
+pub fn serve(root: &Path, input: impl Read, output: impl Write) -> Exit {
+    let privileged = rustix::process::geteuid().is_root();
+    let mut agent = Agent {
+        root_path: root.to_path_buf(),
+        root: None,
+        out: BufWriter::with_capacity(256 << 10, output),
+        privileged,
+        master: None,
+        incoming: HashMap::new(),
+        bases: HashMap::new(),
+        dir_metas: Vec::new(),
+        finished: false,
+    };
+    let code = agent.run(BufReader::with_capacity(1 << 20, input));
+    agent.cleanup();
+    code
+}
+
+/// Answers a master that cannot be served at all (unknown volume, a key
+/// restricted elsewhere) with a Fatal frame, without reading its stream.
+pub fn refuse(output: impl Write, code: Exit, message: &str) {
+    let mut out = BufWriter::new(output);
+    let m = Msg::Fatal {
+        code: code as u8,
+        message: message.to_string(),
+    };
+    let _ = wire::write_frame(&mut out, &m.encode()).and_then(|_| out.flush());
+}
+
+impl<W: Write> Agent<W> {
+    fn run(&mut self, mut input: impl Read) -> Exit {
+        let mut buf = Vec::new();
+        loop {
+            let msg = match wire::read_frame(&mut input, &mut buf) {
+                Ok(Some(kind)) => Msg::decode_from(Side::Master, kind, &buf),
+                Ok(None) if self.finished => return Exit::Ok,
+                Ok(None) => {
+                    eprintln!("georep slave: master closed the stream before finishing");
+                    return Exit::Protocol;
+                }
+                Err(e) => Err(e),
+            };
+            let msg = match msg {
+                Ok(m) => m,
+                Err(WireError::Io(e)) => {
+                    eprintln!("georep slave: reading from master: {e}");
+                    return Exit::Protocol;
+                }
+                Err(e) => return self.fail(Exit::Protocol, format!("bad frame from master: {e}")),
+            };
+            let stop = matches!(msg, Msg::Fatal { .. });
+            match self.handle(msg) {
+                Ok(()) => {}
+                Err(Failure::Op(path, message)) => {
+                    if self.send(&Msg::OpError { path, message }).is_err() {
+                        return Exit::Protocol;
+                    }
+                }
+                Err(Failure::Fatal(code, message)) => return self.fail(code, message),
+            }
+            if stop {
+                return Exit::Protocol;
+            }
+        }
+    }
+
+    /// Reports a fatal error in a Fatal frame; stderr only if the frame cannot go out.
+    fn fail(&mut self, code: Exit, message: String) -> Exit {
+        let fatal = Msg::Fatal {
+            code: code as u8,
+            message: message.clone(),
+        };
+        if self.send(&fatal).and_then(|_| self.out.flush()).is_err() {
+            eprintln!("georep slave: {message}");
+        }
+        code
+    }
+
+    fn send(&mut self, m: &Msg) -> io::Result<()> {
+        wire::write_frame(&mut self.out, &m.encode())
+    }
+
+    fn reply(&mut self, m: &Msg) -> Step {
+        self.send(m)
+            .and_then(|_| self.out.flush())
+            .map_err(|e| Failure::Fatal(Exit::Protocol, format!("writing to master: {e}")))
+    }
+
+    fn root(&mut self) -> Result<&mut Root, Failure> {
+        match (&self.master, &mut self.root) {
+            (None, _) => Err(fatal("message before hello")),
+            (Some(h), _) if h.dry_run => Err(fatal("change requested in a dry run")),
+            (_, Some(r)) => Ok(r),
+            (_, None) => Err(fatal("target root is not open")),
+        }
+    }
+
+    fn apply_opts(&self) -> ApplyOpts {
+        ApplyOpts {
+            owner: self.privileged,
+            xattrs: self
+                .master
+                .as_ref()
+                .is_some_and(|h| h.features & proto::feature::XATTRS != 0),
+            privileged: self.privileged,
+        }
+    }
+
+    fn handle(&mut self, msg: Msg) -> Step {
+        if self.master.is_none() && !matches!(msg, Msg::Hello(_)) {
+            return Err(fatal("message before hello"));
+        }
+        match msg {
+            Msg::Hello(h) => self.hello(h),
+            Msg::ListDir {
+                id,
+                path,
+                xattrs,
+                checksum,
+            } => self.list_dir(id, &path, None, xattrs, checksum),
+            Msg::ListNames {
+                id,
+                path,
+                names,
+                xattrs,
+                checksum,
+            } => self.list_dir(id, &path, Some(&names), xattrs, checksum),
+            Msg::Mkdir { path } => self.mkdir(&path),
+            Msg::Symlink { path, target, meta } => {
+                self.replace_with(&path, Kind::Symlink, &meta, |dir, tmp| {
+                    rustix::fs::symlinkat(target.as_slice(), dir, tmp)
+                })
+            }
+            Msg::Mknod {
+                path,
+                kind,
+                rdev,
+                meta,
+            } => {
+                if !kind.is_special() {
+                    return Err(fatal(format!("mknod of a {kind:?}")));
+                }
+                self.replace_with(&path, kind, &meta, |dir, tmp| {
+                    rustix::fs::mknodat(
+                        dir,
+                        tmp,
+                        kind.file_type(),
+                        Mode::from_raw_mode(0o600),
+                        rdev,
+                    )
+                })
+            }
+            Msg::Remove { path } => self.remove(&path),
+            Msg::Rename { from, to } => self.rename(&from, &to),
+            Msg::Link { path, target } => self.link(&path, &target),
+            Msg::SetMeta { path, kind, meta } => self.set_meta(&path, kind, &meta),
+            Msg::DirMeta { path, meta } => {
+                // Resolved now, so a path through a symlink is refused at once.
+                self.root()?.open_dir(&path)?;
+                if self.dir_metas.len() >= MAX_DIR_METAS {
+                    return Err(fatal("too many directory updates"));
+                }
+                self.dir_metas.push((path, meta));
+                Ok(())
+            }
+            Msg::SigReq {
+                id,
+                path,
+                block_size,
+                hash_len,
+            } => self.signature(id, &path, block_size, hash_len),
+            Msg::FileBegin {
+                id,
+                path,
+                size,
+                delta,
+            } => self.file_begin(id, path, size, delta),
+            Msg::FileData {
+                id,
+                offset,
+                data,
+                zstd,
+            } => {
+                let data = self.inflate(data, zstd, MAX_DATA)?;
+                self.file_data(id, offset, &data)
+            }
+            Msg::FileDelta {
+                id,
+                len,
+                delta,
+                zstd,
+            } => {
+                let delta = self.inflate(delta, zstd, delta::MAX_WINDOW * 2)?;
+                self.file_delta(id, len as usize, &delta)
+            }
+            Msg::FileHole { id, len } => self.file_hole(id, len),
+            Msg::FileEnd { id, hash, meta } => self.file_end(id, hash, &meta),
+            Msg::FileAbort { id } => {
+                if let Some(f) = self.incoming.remove(&id) {
+                    discard(&f);
+                }
+                Ok(())
+            }
+            Msg::Barrier { id } => self.reply(&Msg::BarrierAck { id }),
+            Msg::Finish => self.finish(),
+            Msg::Fatal { message, .. } => {
+                eprintln!("georep slave: master stopped: {message}");
+                Ok(())
+            }
+            other => Err(fatal(format!("unexpected message from master: {other:?}"))),
+        }
+    }
+
+    fn hello(&mut self, h: Hello) -> Step {
+        if self.master.is_some() {
+            return Err(fatal("second hello"));
+        }
+        if h.version != proto::VERSION {
+            return Err(fatal(format!(
+                "protocol version mismatch: master speaks {}, this slave speaks {}",
+                h.version,
+                proto::VERSION
+            )));
+        }
+        let dry_run = h.dry_run;
+        self.master = Some(Hello {
+            features: h.features & proto::FEATURES,
+            ..h
+        });
+        self.reply(&Msg::Hello(Hello {
+            version: proto::VERSION,
+            features: proto::FEATURES,
+            privileged: self.privileged,
+            dry_run,
+            fsync: h.fsync,
+        }))?;
+        let target = |reason: String| Failure::Fatal(Exit::Target, reason);
+        let shown = self.root_path.display().to_string();
+        if !dry_run {
+            std::fs::create_dir_all(&self.root_path)
+                .map_err(|e| target(format!("cannot create target {shown}: {e}")))?;
+        }
+        let fd = match rustix::fs::open(
+            &self.root_path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) if dry_run => return Ok(()),
+            Err(e) => return Err(target(format!("cannot open target {shown}: {e}"))),
+        };
+        if !dry_run {
+            // One writer per replica: a second run would delete our temporaries.
+            rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive)
+                .map_err(|_| target(format!("target {shown} is in use by another georep run")))?;
+        }
+        self.root = Some(Root::new(fd));
+        Ok(())
+    }
+
+    /// Ends a round: directory metadata, sync, then the durable Finished.
+    fn finish(&mut self) -> Step {
+        if !self.incoming.is_empty() {
+            return Err(fatal("finish with files still open"));
+        }
+        self.bases.clear();
+        let dry_run = self.master.as_ref().is_none_or(|h| h.dry_run);
+        if !dry_run {
+            let fsync = self.master.as_ref().map(|h| h.fsync);
+            let errors = self.apply_dir_metas()?;
+            if fsync != Some(FsyncPolicy::None) {
+                let root = self.root()?;
+                rustix::fs::syncfs(root.fd())
+                    .map_err(|e| Failure::Fatal(Exit::Target, format!("syncfs: {e}")))?;
+            }
+            for (path, message) in errors {
+                self.send(&Msg::OpError { path, message }).ok();
+            }
+        }
+        self.finished = true;
+        self.reply(&Msg::Finished)
+    }
+
+    /// Removes the temporaries of files still in flight.
+    fn cleanup(&mut self) {
+        for (_, f) in self.incoming.drain() {
+            discard(&f);
+        }
+        let _ = self.out.flush();
+    }
+}
