@@ -1,14 +1,29 @@
 //! Entry ops: mkdir, symlink, mknod, remove, rename, link, metadata.
+//!
+//! Every change to an existing entry goes through an O_PATH pin taken
+//! without following the name and checked with fstat (type, and that the
+//! inode is the replica's own: [`Agent::own_inode`]), so a name swapped by a
+//! local user between two calls changes nothing outside the root.
 
 use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 
-use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::fs::{AtFlags, Mode};
 
-use super::{op_err, Agent, Failure, OpContext, Step};
+use super::{fatal, op_err, Agent, Failure, OpContext, Step, MAX_DIR_META_BYTES};
 use crate::confine::PathError;
-use crate::fsutil::temp_name;
+use crate::fsutil::{self, temp_name};
 use crate::meta::{self, Kind, Meta};
+
+/// What a held DirMeta costs, for [`MAX_DIR_META_BYTES`].
+fn dir_meta_cost(path: &[u8], meta: &Meta) -> usize {
+    96 + path.len()
+        + meta
+            .xattrs
+            .iter()
+            .map(|(k, v)| 48 + k.len() + v.len())
+            .sum::<usize>()
+}
 
 impl<W: Write> Agent<W> {
     pub(super) fn mkdir(&mut self, path: &[u8]) -> Step {
@@ -27,8 +42,10 @@ impl<W: Write> Agent<W> {
         }
     }
 
-    /// Creates an entry under a temporary name, gives it its metadata and
-    /// renames it over `path`, so the old entry is replaced atomically.
+    /// Creates an entry under a temporary name, gives it its metadata through
+    /// a pin on what was created (a temporary swapped meanwhile is not ours
+    /// and is dropped) and renames it over `path`, so the old entry is
+    /// replaced atomically.
     pub(super) fn replace_with(
         &mut self,
         path: &[u8],
@@ -40,8 +57,14 @@ impl<W: Write> Agent<W> {
         let (dir, name) = self.root()?.parent(path)?;
         let tmp = temp_name();
         create(dir.as_fd(), &tmp).at(path)?;
-        let done = meta::apply_at(dir.as_fd(), &tmp, kind, meta, opts)
-            .and_then(|_| Ok(rustix::fs::renameat(&dir, tmp.as_slice(), &dir, name)?));
+        let done = (|| -> io::Result<()> {
+            let (pin, st) = meta::pin(dir.as_fd(), &tmp)?;
+            if Kind::from_stat(&st) != kind || st.st_nlink != 1 {
+                return Err(io::Error::other("temporary replaced while being created"));
+            }
+            meta::apply_pinned(pin.as_fd(), kind, meta, opts)?;
+            Ok(rustix::fs::renameat(&dir, tmp.as_slice(), &dir, name)?)
+        })();
         if let Err(e) = done {
             let _ = rustix::fs::unlinkat(&dir, tmp.as_slice(), AtFlags::empty());
             return Err(op_err(path, e));
@@ -53,16 +76,22 @@ impl<W: Write> Agent<W> {
         let root = self.root()?;
         let (dir, name) = root.parent(path)?;
         root.invalidate();
-        let st = match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) => st,
-            Err(rustix::io::Errno::NOENT) => return Ok(()),
+        let (pin, st) = match meta::pin(dir.as_fd(), name) {
+            Ok(x) => x,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(op_err(path, e)),
         };
         if Kind::from_stat(&st) == Kind::Dir {
-            remove_tree(dir.as_fd(), name).at(path)
-        } else {
-            rustix::fs::unlinkat(&dir, name, AtFlags::empty()).at(path)
+            return fsutil::remove_tree(dir.as_fd(), name).at(path);
         }
+        rustix::fs::unlinkat(&dir, name, AtFlags::empty()).at(path)?;
+        // One link fewer on an inode georep linked: keep it recognised.
+        if self.known.contains_key(&(st.st_dev, st.st_ino)) {
+            if let Ok(st) = rustix::fs::fstat(&pin) {
+                self.remember(&st);
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn rename(&mut self, from: &[u8], to: &[u8]) -> Step {
@@ -93,27 +122,86 @@ impl<W: Write> Agent<W> {
         }
     }
 
+    /// Makes `path` another name of `target`'s inode. The inode is pinned
+    /// and must be the replica's own ([`Agent::own_inode`]): linking a name
+    /// to an inode that a local user linked in from outside would give the
+    /// outside file a name in the replica (and a link the master asked for
+    /// would count as georep's). Such a Link fails with OpError and nothing
+    /// is linked; the master's next full transfer of the group's first name
+    /// (a new inode) makes it linkable again.
     pub(super) fn link(&mut self, path: &[u8], target: &[u8]) -> Step {
         let root = self.root()?;
         let (tdir, tname) = root.parent(target)?;
         let (dir, name) = root.parent(path)?;
+        let (pin, st) = meta::pin(tdir.as_fd(), tname).at(path)?;
+        if Kind::from_stat(&st) == Kind::Dir {
+            return Err(op_err(path, "link target is a directory"));
+        }
+        if !self.own_inode(&st) {
+            return Err(op_err(
+                path,
+                "link target's inode may be shared with files outside the replica; not linked",
+            ));
+        }
         let tmp = temp_name();
-        rustix::fs::linkat(&tdir, tname, &dir, tmp.as_slice(), AtFlags::empty()).at(path)?;
+        // The pinned inode itself gets the name, whatever `target` names by now.
+        fsutil::link_fd(pin.as_fd(), dir.as_fd(), &tmp).at(path)?;
         let r = rustix::fs::renameat(&dir, tmp.as_slice(), &dir, name);
         // Renaming a link over another name of the same inode is a no-op that
         // leaves the temporary behind.
         let _ = rustix::fs::unlinkat(&dir, tmp.as_slice(), AtFlags::empty());
-        r.at(path)
+        r.at(path)?;
+        if let Ok(st) = rustix::fs::fstat(&pin) {
+            self.remember(&st);
+        }
+        Ok(())
     }
 
+    /// Metadata of an existing non-directory, through a pin, and only on an
+    /// inode that is the replica's own: one whose link count georep cannot
+    /// explain is not changed (OpError); its next data transfer replaces it.
     pub(super) fn set_meta(&mut self, path: &[u8], kind: Kind, meta: &Meta) -> Step {
         let opts = self.apply_opts();
         let (dir, name) = self.root()?.parent(path)?;
-        let st = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW).at(path)?;
+        let (pin, st) = meta::pin(dir.as_fd(), name).at(path)?;
         if Kind::from_stat(&st) != kind {
             return Err(op_err(path, "changed type on the target"));
         }
-        meta::apply_at(dir.as_fd(), name, kind, meta, opts).at(path)
+        if !self.own_inode(&st) {
+            return Err(op_err(
+                path,
+                "its inode may be shared with files outside the replica; not changed in place",
+            ));
+        }
+        meta::apply_pinned(pin.as_fd(), kind, meta, opts).at(path)?;
+        if let Ok(st) = rustix::fs::fstat(&pin) {
+            if st.st_nlink > 1 {
+                self.remember(&st);
+            }
+        }
+        Ok(())
+    }
+
+    /// Holds a directory's metadata until Finish. Past
+    /// [`MAX_DIR_META_BYTES`] what is held is applied at once (deepest
+    /// first, as at Finish): memory stays bounded, and a directory changed
+    /// again later in the round is set right by the next round.
+    pub(super) fn dir_meta(&mut self, path: Vec<u8>, meta: Meta) -> Step {
+        // Resolved now, so a path through a symlink is refused at once.
+        self.root()?.open_dir(&path)?;
+        let cost = dir_meta_cost(&path, &meta);
+        if cost > MAX_DIR_META_BYTES {
+            return Err(fatal("directory metadata larger than the slave holds"));
+        }
+        if self.dir_meta_bytes + cost > MAX_DIR_META_BYTES {
+            for (path, message) in self.apply_dir_metas()? {
+                self.send(&crate::proto::Msg::OpError { path, message })
+                    .map_err(|e| Failure::Fatal(crate::error::Exit::Protocol, e.to_string()))?;
+            }
+        }
+        self.dir_meta_bytes += cost;
+        self.dir_metas.push((path, meta));
+        Ok(())
     }
 
     /// Applies the directory metadata held since the round began, deepest
@@ -122,6 +210,7 @@ impl<W: Write> Agent<W> {
     pub(super) fn apply_dir_metas(&mut self) -> Result<Vec<(Vec<u8>, String)>, Failure> {
         let opts = self.apply_opts();
         let mut metas = std::mem::take(&mut self.dir_metas);
+        self.dir_meta_bytes = 0;
         metas.sort_by_key(|(p, _)| {
             std::cmp::Reverse(p.iter().filter(|&&b| b == b'/').count() + (!p.is_empty()) as usize)
         });
@@ -138,43 +227,4 @@ impl<W: Write> Agent<W> {
         }
         Ok(errors)
     }
-}
-
-/// Removes a directory and everything below it, never following symlinks.
-fn remove_tree(parent: BorrowedFd, name: &[u8]) -> io::Result<()> {
-    let fd = rustix::fs::openat(
-        parent,
-        name,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
-    let mut children = Vec::new();
-    let mut dir = rustix::fs::Dir::read_from(&fd)?;
-    while let Some(ent) = dir.read() {
-        let ent = ent?;
-        let n = ent.file_name().to_bytes();
-        if n != b"." && n != b".." {
-            children.push((n.to_vec(), ent.file_type()));
-        }
-    }
-    for (child, ft) in children {
-        let is_dir = match ft {
-            rustix::fs::FileType::Directory => true,
-            rustix::fs::FileType::Unknown => {
-                let st = rustix::fs::statat(&fd, child.as_slice(), AtFlags::SYMLINK_NOFOLLOW)?;
-                Kind::from_stat(&st) == Kind::Dir
-            }
-            _ => false,
-        };
-        if is_dir {
-            remove_tree(fd.as_fd(), &child)?;
-        } else {
-            match rustix::fs::unlinkat(&fd, child.as_slice(), AtFlags::empty()) {
-                Ok(()) | Err(rustix::io::Errno::NOENT) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-    rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR)?;
-    Ok(())
 }

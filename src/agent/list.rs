@@ -1,13 +1,13 @@
 //! Listings: ListDir and ListNames.
 
 use std::io::{self, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use rustix::fs::AtFlags;
 
 use super::{fatal, Agent, OpContext, Step, LIST_CHUNK};
-use crate::confine::{self, show, PathError};
-use crate::meta::{self, ScanOpts};
+use crate::confine::{self, show_brief as show, PathError};
+use crate::meta::{self, Entry, Kind, ScanOpts};
 use crate::proto::{self, Msg};
 
 impl<W: Write> Agent<W> {
@@ -59,31 +59,33 @@ impl<W: Write> Agent<W> {
         };
         let name = path.rsplit(|&b| b == b'/').next().unwrap_or(b"").to_vec();
         let this = meta::entry_from_stat(name, &st, Vec::new(), own_xattrs, None);
-        let (entries, temps) = match names {
-            None => meta::scan_dir(dir.as_fd(), opts).at(path)?,
-            Some(names) => {
-                let mut entries = Vec::new();
-                for n in names.iter().filter(|n| !meta::is_temp_name(n)) {
-                    match meta::stat_entry(dir.as_fd(), n, opts) {
-                        Ok(e) => entries.push(e),
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(e).at(&confine::join(path, n)),
-                    }
-                }
-                (entries, Vec::new())
-            }
+        // Names first (sorted, each once), entries one chunk at a time: a
+        // listing holds its names and one chunk, whatever it claims or holds.
+        let mut listed = match names {
+            None => Names::read(dir.as_fd(), !dry_run).at(path)?,
+            Some(names) => Names::from_request(names),
         };
-        if !dry_run {
-            // Leftovers of a killed run: we hold the replica's lock, so they are stale.
-            for t in temps {
-                let _ = rustix::fs::unlinkat(&dir, t.as_slice(), AtFlags::empty());
-            }
-        }
+        listed.sort_dedup();
+        let scan = ScanOpts {
+            checksum: false,
+            ..opts
+        };
         let mut this = Some(this);
         let mut chunk = Vec::new();
         let mut bytes = 0;
-        let n = entries.len();
-        for (i, e) in entries.into_iter().enumerate() {
+        let n = listed.len();
+        for i in 0..n {
+            let entry_name = listed.get(i);
+            let mut e = match meta::stat_entry(dir.as_fd(), entry_name, scan) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).at(&confine::join(path, entry_name)),
+            };
+            if checksum && e.kind == Kind::Regular {
+                e.hash = self
+                    .checksum(dir.as_fd(), &e)
+                    .at(&confine::join(path, entry_name))?;
+            }
             bytes += 64 + e.name.len() + e.target.len();
             bytes += e
                 .meta
@@ -110,5 +112,94 @@ impl<W: Write> Agent<W> {
             entries: chunk,
             last: true,
         })
+    }
+
+    /// A checksum listing's digest, only of a regular file that is the
+    /// replica's own: a file whose inode may be shared with the outside is
+    /// not read (its digest would tell the master about an outside file);
+    /// without a digest it compares as changed and is replaced.
+    fn checksum(&self, dir: BorrowedFd, e: &Entry) -> io::Result<Option<[u8; 32]>> {
+        let st = match rustix::fs::statat(dir, e.name.as_slice(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(rustix::io::Errno::NOENT) => return Ok(None),
+            Err(err) => return Err(err.into()),
+        };
+        if st.st_ino != e.ino || Kind::from_stat(&st) != Kind::Regular || !self.own_inode(&st) {
+            return Ok(None);
+        }
+        meta::digest_at(dir, &e.name, &st)
+    }
+}
+
+/// Most bytes of names one listing holds (in one buffer, plus 16 per name).
+const MAX_NAME_BYTES: usize = 256 << 20;
+
+/// The names a listing covers, in one buffer.
+struct Names {
+    buf: Vec<u8>,
+    spans: Vec<(usize, usize)>,
+}
+
+impl Names {
+    /// Reads a directory's names; stray temporaries of killed runs are
+    /// removed (`clean`: we hold the replica's lock, so they are stale).
+    fn read(dir: BorrowedFd, clean: bool) -> io::Result<Names> {
+        let mut out = Names {
+            buf: Vec::new(),
+            spans: Vec::new(),
+        };
+        let mut reader = rustix::fs::Dir::read_from(dir)?;
+        while let Some(ent) = reader.read() {
+            let ent = ent?;
+            let n = ent.file_name().to_bytes();
+            if n == b"." || n == b".." {
+                continue;
+            }
+            if meta::is_temp_name(n) {
+                if clean {
+                    let _ = rustix::fs::unlinkat(dir, n, AtFlags::empty());
+                }
+                continue;
+            }
+            if out.buf.len() + 16 * out.spans.len() > MAX_NAME_BYTES {
+                return Err(io::Error::other(
+                    "directory too large to list (over 256 MiB of names)",
+                ));
+            }
+            out.spans.push((out.buf.len(), n.len()));
+            out.buf.extend_from_slice(n);
+        }
+        Ok(out)
+    }
+
+    /// The names a ListNames asked for (already held by its frame).
+    fn from_request(names: &[Vec<u8>]) -> Names {
+        let mut out = Names {
+            buf: Vec::new(),
+            spans: Vec::with_capacity(names.len()),
+        };
+        for n in names.iter().filter(|n| !meta::is_temp_name(n)) {
+            out.spans.push((out.buf.len(), n.len()));
+            out.buf.extend_from_slice(n);
+        }
+        out
+    }
+
+    fn get(&self, i: usize) -> &[u8] {
+        let (at, len) = self.spans[i];
+        &self.buf[at..at + len]
+    }
+
+    fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Sorted by name bytes, each name once (a request naming one entry
+    /// 120,000 times lists it once).
+    fn sort_dedup(&mut self) {
+        let buf = &self.buf;
+        let key = |&(at, len): &(usize, usize)| &buf[at..at + len];
+        self.spans.sort_unstable_by(|a, b| key(a).cmp(key(b)));
+        self.spans.dedup_by(|a, b| key(a) == key(b));
     }
 }

@@ -2,12 +2,20 @@
 //!
 //! The agent trusts nothing it reads. Paths are resolved with
 //! [`crate::confine::Root`], sizes and counts are checked before use, deltas
-//! are applied with `apply_limited` and every rebuilt file is checked against
-//! the master's BLAKE3 before it is renamed into place. A message that breaks
-//! the protocol (a path escaping the root, an impossible size, a delta that
-//! reads out of bounds) is answered with a Fatal frame and the agent exits
-//! non-zero, removing its temporaries. A failure of one entry (disk full,
-//! permission) is reported with OpError and the run goes on.
+//! are applied with the same checks as `apply_limited` (reading the basis
+//! with pread) and every rebuilt file is checked against the master's content
+//! digest before it is renamed into place. A message that breaks the protocol
+//! (a path escaping the root, an impossible size, a delta that reads out of
+//! bounds) is answered with a Fatal frame and the agent exits non-zero,
+//! removing its temporaries. A failure of one entry (disk full, permission)
+//! is reported with OpError and the run goes on.
+//!
+//! Nor does it trust the replica (DESIGN.md invariant 3: a local user may
+//! write in it). Entries are pinned (O_PATH, never following, never opening a
+//! fifo or device) and changed through the pin; new content goes to an
+//! O_TMPFILE inode; and an inode that may have names outside the root (link
+//! count above one that georep did not make, or another filesystem) is never
+//! changed in place, read or linked: see [`Agent::own_inode`].
 
 mod apply;
 mod list;
@@ -15,20 +23,19 @@ mod receive;
 pub mod volumes;
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{FlockOperation, Mode, OFlags};
+use rustix::fs::{FlockOperation, Mode, OFlags, Stat};
 
 use crate::confine::{PathError, Root};
 use crate::delta;
 use crate::error::Exit;
 use crate::meta::{ApplyOpts, Kind, Meta};
-use crate::proto::frame::{self as wire, WireError};
+use crate::proto::frame::{self as wire, WireError, MAX_FRAME};
 use crate::proto::{self, FsyncPolicy, Hello, Msg, Side};
 
-use receive::{discard, Incoming};
+use receive::{Basis, Incoming};
 
 /// Files being received at once; a master keeps far fewer in flight.
 const MAX_OPEN_FILES: usize = 256;
@@ -36,8 +43,13 @@ const MAX_OPEN_FILES: usize = 256;
 const LIST_CHUNK: usize = 1 << 20;
 /// Largest decompressed FileData payload.
 const MAX_DATA: usize = 4 << 20;
-/// Directory metadata held until Finish.
-const MAX_DIR_METAS: usize = 50_000_000;
+/// Bytes of directory metadata held until Finish (paths, xattrs and a fixed
+/// 96 per entry); past it the held metadata is applied early.
+const MAX_DIR_META_BYTES: usize = 32 << 20;
+/// Inodes whose extra links georep made itself, remembered per connection.
+const MAX_KNOWN: usize = 1 << 18;
+/// Longest message text in an error frame the slave sends.
+const MAX_MESSAGE: usize = 4096;
 
 /// Why the agent stops or skips an entry.
 enum Failure {
@@ -85,8 +97,17 @@ pub struct Agent<W: Write> {
     privileged: bool,
     master: Option<Hello>,
     incoming: HashMap<u64, Incoming>,
-    bases: HashMap<u64, File>,
+    bases: HashMap<u64, Basis>,
     dir_metas: Vec<(Vec<u8>, Meta)>,
+    /// What `dir_metas` holds, counted as in [`MAX_DIR_META_BYTES`].
+    dir_meta_bytes: usize,
+    /// The root's filesystem: an inode elsewhere is not the replica's own.
+    root_dev: u64,
+    /// Inodes with more than one name that georep linked itself: (dev, ino)
+    /// to the link count and ctime it left them with. Any change by someone
+    /// else (a new link outside, a write) moves the ctime.
+    known: HashMap<(u64, u64), (u64, i64, i64)>,
+    /// The last message was Finish: the round is closed and acknowledged.
     finished: bool,
 }
 
@@ -103,6 +124,9 @@ pub fn serve(root: &Path, input: impl Read, output: impl Write) -> Exit {
         incoming: HashMap::new(),
         bases: HashMap::new(),
         dir_metas: Vec::new(),
+        dir_meta_bytes: 0,
+        root_dev: 0,
+        known: HashMap::new(),
         finished: false,
     };
     let code = agent.run(BufReader::with_capacity(1 << 20, input));
@@ -143,6 +167,8 @@ impl<W: Write> Agent<W> {
                 Err(e) => return self.fail(Exit::Protocol, format!("bad frame from master: {e}")),
             };
             let stop = matches!(msg, Msg::Fatal { .. });
+            // Anything after Finish opens a new round, which must end with its own.
+            self.finished = matches!(msg, Msg::Finish);
             match self.handle(msg) {
                 Ok(()) => {}
                 Err(Failure::Op(path, message)) => {
@@ -170,8 +196,63 @@ impl<W: Write> Agent<W> {
         code
     }
 
+    /// Sends a frame; the slave's own error frames are cut to fit MAX_FRAME
+    /// whatever path or message they echo.
     fn send(&mut self, m: &Msg) -> io::Result<()> {
+        let fitted;
+        let m = match m {
+            Msg::OpError { path, message } => {
+                fitted = Msg::OpError {
+                    path: path[..path.len().min(MAX_FRAME - 2 * MAX_MESSAGE)].to_vec(),
+                    message: clip(message),
+                };
+                &fitted
+            }
+            Msg::Fatal { code, message } => {
+                fitted = Msg::Fatal {
+                    code: *code,
+                    message: clip(message),
+                };
+                &fitted
+            }
+            Msg::SigFail { id, message } => {
+                fitted = Msg::SigFail {
+                    id: *id,
+                    message: clip(message),
+                };
+                &fitted
+            }
+            m => m,
+        };
         wire::write_frame(&mut self.out, &m.encode())
+    }
+
+    /// Whether georep may change, read or link this inode in place: it is on
+    /// the root's filesystem and either has one name (the replica's) or only
+    /// the links georep made itself, unchanged since (link count and ctime as
+    /// georep left them). Directories cannot be hard-linked. Anything else
+    /// may be an inode from outside the root that a local user linked in: it
+    /// is replaced, never modified, read or given another name.
+    fn own_inode(&self, st: &Stat) -> bool {
+        if st.st_dev != self.root_dev {
+            return false;
+        }
+        if Kind::from_stat(st) == Kind::Dir || st.st_nlink <= 1 {
+            return true;
+        }
+        self.known.get(&(st.st_dev, st.st_ino))
+            == Some(&(st.st_nlink, st.st_ctime, st.st_ctime_nsec as i64))
+    }
+
+    /// Records an inode georep just linked or changed (see [`Agent::own_inode`]).
+    fn remember(&mut self, st: &Stat) {
+        let key = (st.st_dev, st.st_ino);
+        if st.st_nlink <= 1 {
+            self.known.remove(&key);
+        } else if self.known.len() < MAX_KNOWN || self.known.contains_key(&key) {
+            let v = (st.st_nlink, st.st_ctime, st.st_ctime_nsec as i64);
+            self.known.insert(key, v);
+        }
     }
 
     fn reply(&mut self, m: &Msg) -> Step {
@@ -248,15 +329,7 @@ impl<W: Write> Agent<W> {
             Msg::Rename { from, to } => self.rename(&from, &to),
             Msg::Link { path, target } => self.link(&path, &target),
             Msg::SetMeta { path, kind, meta } => self.set_meta(&path, kind, &meta),
-            Msg::DirMeta { path, meta } => {
-                // Resolved now, so a path through a symlink is refused at once.
-                self.root()?.open_dir(&path)?;
-                if self.dir_metas.len() >= MAX_DIR_METAS {
-                    return Err(fatal("too many directory updates"));
-                }
-                self.dir_metas.push((path, meta));
-                Ok(())
-            }
+            Msg::DirMeta { path, meta } => self.dir_meta(path, meta),
             Msg::SigReq {
                 id,
                 path,
@@ -291,7 +364,7 @@ impl<W: Write> Agent<W> {
             Msg::FileEnd { id, hash, meta } => self.file_end(id, hash, &meta),
             Msg::FileAbort { id } => {
                 if let Some(f) = self.incoming.remove(&id) {
-                    discard(&f);
+                    f.discard();
                 }
                 Ok(())
             }
@@ -336,7 +409,11 @@ impl<W: Write> Agent<W> {
         }
         let fd = match rustix::fs::open(
             &self.root_path,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            OFlags::RDONLY
+                | OFlags::DIRECTORY
+                | OFlags::NONBLOCK
+                | OFlags::NOCTTY
+                | OFlags::CLOEXEC,
             Mode::empty(),
         ) {
             Ok(fd) => fd,
@@ -348,6 +425,8 @@ impl<W: Write> Agent<W> {
             rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive)
                 .map_err(|_| target(format!("target {shown} is in use by another georep run")))?;
         }
+        let st = rustix::fs::fstat(&fd).map_err(|e| target(format!("target {shown}: {e}")))?;
+        self.root_dev = st.st_dev;
         self.root = Some(Root::new(fd));
         Ok(())
     }
@@ -378,8 +457,20 @@ impl<W: Write> Agent<W> {
     /// Removes the temporaries of files still in flight.
     fn cleanup(&mut self) {
         for (_, f) in self.incoming.drain() {
-            discard(&f);
+            f.discard();
         }
         let _ = self.out.flush();
     }
+}
+
+/// Cuts an error message to [`MAX_MESSAGE`] bytes (on a character boundary).
+fn clip(message: &str) -> String {
+    if message.len() <= MAX_MESSAGE {
+        return message.to_string();
+    }
+    let mut end = MAX_MESSAGE - 16;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{} [cut]", &message[..end])
 }

@@ -1,64 +1,67 @@
 //! Incoming files (FileBegin/Data/Delta/Hole/End/Abort) and signatures.
+//!
+//! Content always goes to a new inode (O_TMPFILE, or an O_EXCL temporary
+//! where the filesystem lacks it) that is written, checked and given its
+//! metadata through its descriptor, then renamed over the target: an
+//! existing inode is never changed in place. A basis is read with pread, and
+//! only if it is a regular file that is the replica's own.
 
-use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
-use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::io::Errno;
 
-use super::{fatal, op_err, Agent, Failure, OpContext, Step, MAX_OPEN_FILES};
-use crate::confine::show;
-use crate::delta::{self, hash_zeros};
-use crate::fsutil::{temp_name, write_sparse};
+use super::{fatal, op_err, Agent, Failure, Step, MAX_OPEN_FILES};
+use crate::confine::show_brief as show;
+use crate::delta::{self, ApplyError};
+use crate::fsutil::{self, NewFile};
 use crate::meta::{self, Kind, Meta};
 use crate::proto::frame as wire;
 use crate::proto::{self, FsyncPolicy, Msg};
 
-/// A file being received into a temporary.
+/// A file being received into a new inode.
 pub(super) struct Incoming {
     path: Vec<u8>,
     dir: Arc<OwnedFd>,
-    temp: Vec<u8>,
-    /// None once this file failed (temporary not created, disk full): the
-    /// rest of its frames are swallowed.
-    file: Option<File>,
+    /// None once this file failed (not created, disk full, basis changed):
+    /// the rest of its frames are swallowed.
+    file: Option<NewFile>,
     size: u64,
     pos: u64,
-    hasher: blake3::Hasher,
-    /// The basis for a delta, mapped read-only.
+    hasher: delta::Hasher,
+    /// The basis for a delta.
     basis: Option<Basis>,
+    /// The basis changed under us: answer Verified false so that the master
+    /// sends the file whole.
+    retry: bool,
 }
 
-pub(super) struct Basis {
-    map: Option<memmap2::Mmap>,
-}
-
-impl Basis {
-    fn open(file: File) -> io::Result<Basis> {
-        let len = file.metadata()?.len();
-        // SAFETY: the basis is a file in our own replica, opened read-only; a
-        // concurrent truncation by another process could fault, which the
-        // replica's single-writer lock rules out for georep itself.
-        let map = if len == 0 {
-            None
-        } else {
-            Some(unsafe { memmap2::Mmap::map(&file)? })
-        };
-        Ok(Basis { map })
-    }
-    fn bytes(&self) -> &[u8] {
-        self.map.as_deref().unwrap_or(&[])
-    }
-    /// Drops the mapping's resident pages so residency stays bounded by a window.
-    fn release(&self) {
-        if let Some(m) = &self.map {
-            // SAFETY: the mapping is private and read-only; dropped pages are
-            // re-read from the file on the next access.
-            let _ = unsafe { m.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+impl Incoming {
+    /// Drops the new inode (and its temporary name, if it has one).
+    pub(super) fn discard(&self) {
+        if let Some(f) = &self.file {
+            f.discard(self.dir.as_fd());
         }
     }
+
+    fn fail(&mut self) {
+        self.discard();
+        self.file = None;
+    }
 }
+
+/// A signed basis, open for reading, and the length that was signed.
+pub(super) struct Basis {
+    fd: OwnedFd,
+    len: u64,
+}
+
+/// The last component of a valid path.
+fn final_name(path: &[u8]) -> &[u8] {
+    path.rsplit(|&b| b == b'/').next().unwrap_or(path)
+}
+
 impl<W: Write> Agent<W> {
     pub(super) fn signature(&mut self, id: u64, path: &[u8], block: u32, hash_len: u32) -> Step {
         if !delta::valid_params(block, hash_len) {
@@ -70,30 +73,36 @@ impl<W: Write> Agent<W> {
             return Err(fatal("too many signature requests in flight"));
         }
         let (dir, name) = self.root()?.parent(path)?;
-        let opened = rustix::fs::openat(
-            &dir,
-            name,
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .and_then(|fd| Ok((rustix::fs::fstat(&fd)?, fd)));
-        let (st, fd) = match opened {
-            Ok((st, fd)) if Kind::from_stat(&st) == Kind::Regular => (st, fd),
-            Ok(_) => return self.sig_fail(id, "not a regular file".into()),
+        // Pinned and checked before anything is opened: a fifo or device is
+        // never opened, a swap after the check reaches nothing.
+        let (pinned, st) = match meta::pin(dir.as_fd(), name) {
+            Ok(x) => x,
             Err(e) => return self.sig_fail(id, e.to_string()),
         };
+        if Kind::from_stat(&st) != Kind::Regular {
+            return self.sig_fail(id, "not a regular file".into());
+        }
+        if !self.own_inode(&st) {
+            return self.sig_fail(
+                id,
+                "its inode may be shared with files outside the replica; not used as a basis"
+                    .into(),
+            );
+        }
+        let (fd, st) = match meta::reopen_read(pinned.as_fd(), &st) {
+            Ok(x) => x,
+            Err(e) => return self.sig_fail(id, e.to_string()),
+        };
+        let len = st.st_size as u64;
         let out = &mut self.out;
-        let r = delta::sign_file(fd.as_fd(), st.st_size as u64, block, hash_len, |chunk| {
+        let r = delta::sign_file(fd.as_fd(), len, block, hash_len, |chunk| {
             let data = chunk.to_vec();
             wire::write_frame(out, &Msg::SigChunk { id, data }.encode())
         });
         match r {
             Ok(()) => {
-                self.bases.insert(id, File::from(fd));
-                self.reply(&Msg::SigEnd {
-                    id,
-                    size: st.st_size as u64,
-                })
+                self.bases.insert(id, Basis { fd, len });
+                self.reply(&Msg::SigEnd { id, size: len })
             }
             Err(e) => self.sig_fail(id, e.to_string()),
         }
@@ -111,27 +120,33 @@ impl<W: Write> Agent<W> {
             return Err(fatal("impossible file size"));
         }
         let basis = if delta {
-            let f = self
-                .bases
-                .remove(&id)
-                .ok_or_else(|| fatal("delta without a signature"))?;
-            Some(Basis::open(f).at(&path)?)
+            Some(
+                self.bases
+                    .remove(&id)
+                    .ok_or_else(|| fatal("delta without a signature"))?,
+            )
         } else {
             None
         };
         let (dir, _) = self.root()?.parent(&path)?;
-        let temp = temp_name();
-        let created = rustix::fs::openat(
-            &dir,
-            temp.as_slice(),
-            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        );
-        // Sizing the temporary up front refuses sizes the filesystem cannot
-        // hold (EFBIG) before any work is done for them.
-        let created = created.and_then(|fd| rustix::fs::ftruncate(&fd, size).map(|_| fd));
+        // Sizing the new file up front refuses a size the filesystem cannot
+        // hold (EFBIG) before any work is done for it.
+        let created = fsutil::create_temp(dir.as_fd()).and_then(|f| {
+            match rustix::fs::ftruncate(&f.fd, size) {
+                Ok(()) => Ok(f),
+                Err(e) => {
+                    f.discard(dir.as_fd());
+                    Err(match e {
+                        Errno::FBIG | Errno::INVAL => io::Error::other(format!(
+                            "a size of {size} bytes is more than the target filesystem can hold"
+                        )),
+                        e => e.into(),
+                    })
+                }
+            }
+        });
         let (file, err) = match created {
-            Ok(fd) => (Some(File::from(fd)), None),
+            Ok(f) => (Some(f), None),
             Err(e) => (None, Some(e)),
         };
         self.incoming.insert(
@@ -139,12 +154,12 @@ impl<W: Write> Agent<W> {
             Incoming {
                 path: path.clone(),
                 dir,
-                temp,
                 file,
                 size,
                 pos: 0,
-                hasher: blake3::Hasher::new(),
+                hasher: delta::Hasher::new(),
                 basis,
+                retry: false,
             },
         );
         match err {
@@ -173,12 +188,13 @@ impl<W: Write> Agent<W> {
         zstd::bulk::decompress(&data, limit).map_err(|e| fatal(format!("bad compressed data: {e}")))
     }
 
-    pub(super) fn incoming(&mut self, id: u64) -> Result<&mut Incoming, Failure> {
+    fn incoming(&mut self, id: u64) -> Result<&mut Incoming, Failure> {
         self.incoming
             .get_mut(&id)
             .ok_or_else(|| fatal(format!("data for unknown file {id}")))
     }
 
+    /// Data at `offset`: the gap before it is a hole, hashed in O(1).
     pub(super) fn file_data(&mut self, id: u64, offset: u64, data: &[u8]) -> Step {
         let f = self.incoming(id)?;
         if f.basis.is_some() || offset < f.pos || offset.saturating_add(data.len() as u64) > f.size
@@ -188,13 +204,12 @@ impl<W: Write> Agent<W> {
                 show(&f.path)
             )));
         }
+        f.pos = offset + data.len() as u64;
         let Some(file) = &f.file else {
             return Ok(());
         };
-        hash_zeros(&mut f.hasher, offset - f.pos);
-        f.hasher.update(data);
-        f.pos = offset + data.len() as u64;
-        let r = write_sparse(file.as_fd(), offset, data);
+        f.hasher.data(offset, data);
+        let r = fsutil::write_sparse(file.fd.as_fd(), offset, data);
         self.check_write(id, r)
     }
 
@@ -210,48 +225,58 @@ impl<W: Write> Agent<W> {
             return Err(fatal("delta for a file sent whole"));
         };
         let mut out = Vec::with_capacity(len);
-        let applied = fast_rsync::apply_limited(basis.bytes(), delta, &mut out, len);
-        basis.release();
-        if let Err(e) = applied {
-            return Err(fatal(format!("invalid delta for {}: {e}", show(&f.path))));
+        match delta::apply_pread(basis.fd.as_fd(), basis.len, delta, &mut out, len) {
+            Ok(()) => {}
+            Err(ApplyError::Invalid(e)) => {
+                return Err(fatal(format!("invalid delta for {}: {e}", show(&f.path))));
+            }
+            // Truncated by someone else since it was signed: this file fails
+            // and is asked for whole at its end.
+            Err(ApplyError::Basis(_)) => {
+                f.retry = true;
+                f.fail();
+            }
         }
-        if out.len() != len {
+        if f.file.is_some() && out.len() != len {
             return Err(fatal(format!(
                 "delta for {} has the wrong length",
                 show(&f.path)
             )));
         }
+        let pos = f.pos;
+        f.pos += len as u64;
         let Some(file) = &f.file else {
             return Ok(());
         };
         f.hasher.update(&out);
-        let r = write_sparse(file.as_fd(), f.pos, &out);
-        f.pos += len as u64;
+        let r = fsutil::write_sparse(file.fd.as_fd(), pos, &out);
         self.check_write(id, r)
     }
 
-    /// Zeros the master found as a hole: the temporary, sized at FileBegin,
-    /// already reads as zeros there, so nothing is written.
+    /// Zeros the master found as a hole: the new file, sized at FileBegin,
+    /// already reads as zeros there, so nothing is written and the digest
+    /// takes them in O(1).
     pub(super) fn file_hole(&mut self, id: u64, len: u64) -> Step {
         let f = self.incoming(id)?;
         if f.pos.saturating_add(len) > f.size {
             return Err(fatal(format!("hole past the end of {}", show(&f.path))));
         }
         if f.file.is_some() {
-            hash_zeros(&mut f.hasher, len);
+            f.hasher.zeros(len);
         }
         f.pos += len;
         Ok(())
     }
 
     /// A write failure (disk full) fails this file only.
-    pub(super) fn check_write(&mut self, id: u64, r: io::Result<()>) -> Step {
+    fn check_write(&mut self, id: u64, r: io::Result<()>) -> Step {
         match r {
             Ok(()) => Ok(()),
             Err(e) => {
-                let f = self.incoming.get_mut(&id).expect("checked by caller");
-                f.file = None;
-                discard(f);
+                let Some(f) = self.incoming.get_mut(&id) else {
+                    return Ok(());
+                };
+                f.fail();
                 Err(op_err(&f.path, e))
             }
         }
@@ -267,31 +292,27 @@ impl<W: Write> Agent<W> {
         let is_delta = f.basis.is_some();
         let Some(file) = f.file.take() else {
             if is_delta {
-                self.reply(&Msg::Verified { id, ok: true })?;
+                self.reply(&Msg::Verified { id, ok: !f.retry })?;
             }
             return Ok(());
         };
-        hash_zeros(&mut f.hasher, f.size - f.pos);
-        let ok = *f.hasher.finalize().as_bytes() == hash;
-        if !ok {
-            discard(&f);
+        f.hasher.zeros(f.size - f.pos);
+        if *f.hasher.finalize().as_bytes() != hash {
+            file.discard(f.dir.as_fd());
             if is_delta {
                 return self.reply(&Msg::Verified { id, ok: false });
             }
             return Err(op_err(&f.path, "content check failed (changed in transit)"));
         }
-        let (_, name) = self.root()?.parent(&f.path)?;
         let done = (|| -> io::Result<()> {
-            rustix::fs::ftruncate(&file, f.size)?;
-            meta::apply_fd(file.as_fd(), meta, opts)?;
+            meta::apply_fd(file.fd.as_fd(), meta, opts)?;
             if fsync == Some(FsyncPolicy::File) {
-                file.sync_all()?;
+                rustix::fs::fsync(&file.fd)?;
             }
-            rustix::fs::renameat(&f.dir, f.temp.as_slice(), &f.dir, name)?;
-            Ok(())
+            file.install(f.dir.as_fd(), final_name(&f.path))
         })();
         if let Err(e) = done {
-            discard(&f);
+            file.discard(f.dir.as_fd());
             if is_delta {
                 self.reply(&Msg::Verified { id, ok: true })?;
             }
@@ -302,9 +323,4 @@ impl<W: Write> Agent<W> {
         }
         Ok(())
     }
-}
-
-/// Removes a file's temporary (harmless if it was never created).
-pub(super) fn discard(f: &Incoming) {
-    let _ = rustix::fs::unlinkat(&f.dir, f.temp.as_slice(), AtFlags::empty());
 }
