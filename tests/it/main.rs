@@ -2,6 +2,8 @@
 
 mod crawl;
 mod hostile;
+mod hostile_limits;
+mod hostile_local;
 mod session;
 mod ssh;
 mod support;
