@@ -57,6 +57,7 @@ impl<W: Write> Agent<W> {
         let (dir, name) = self.root()?.parent(path)?;
         let tmp = temp_name();
         create(dir.as_fd(), &tmp).at(path)?;
+        let victim = self.victim(dir.as_fd(), name);
         let done = (|| -> io::Result<()> {
             let (pin, st) = meta::pin(dir.as_fd(), &tmp)?;
             if Kind::from_stat(&st) != kind || st.st_nlink != 1 {
@@ -65,6 +66,9 @@ impl<W: Write> Agent<W> {
             meta::apply_pinned(pin.as_fd(), kind, meta, opts)?;
             Ok(rustix::fs::renameat(&dir, tmp.as_slice(), &dir, name)?)
         })();
+        if let Some(v) = victim {
+            self.remember(v.as_fd());
+        }
         if let Err(e) = done {
             let _ = rustix::fs::unlinkat(&dir, tmp.as_slice(), AtFlags::empty());
             return Err(op_err(path, e));
@@ -84,12 +88,11 @@ impl<W: Write> Agent<W> {
         if Kind::from_stat(&st) == Kind::Dir {
             return fsutil::remove_tree(dir.as_fd(), name).at(path);
         }
+        let ours = st.st_nlink > 1 && self.own_inode(pin.as_fd(), &st);
         rustix::fs::unlinkat(&dir, name, AtFlags::empty()).at(path)?;
         // One link fewer on an inode georep linked: keep it recognised.
-        if self.known.contains_key(&(st.st_dev, st.st_ino)) {
-            if let Ok(st) = rustix::fs::fstat(&pin) {
-                self.remember(&st);
-            }
+        if ours {
+            self.remember(pin.as_fd());
         }
         Ok(())
     }
@@ -109,7 +112,12 @@ impl<W: Write> Agent<W> {
             Err(e) => return Err(e.into()),
         };
         root.invalidate();
-        match rustix::fs::renameat(&fdir, fname, &tdir, tname) {
+        let victim = self.victim(tdir.as_fd(), tname);
+        let r = rustix::fs::renameat(&fdir, fname, &tdir, tname);
+        if let Some(v) = victim {
+            self.remember(v.as_fd());
+        }
+        match r {
             Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
             // A directory onto a non-empty one, a type clash: leave it to the merge.
             Err(
@@ -137,7 +145,7 @@ impl<W: Write> Agent<W> {
         if Kind::from_stat(&st) == Kind::Dir {
             return Err(op_err(path, "link target is a directory"));
         }
-        if !self.own_inode(&st) {
+        if !self.own_inode(pin.as_fd(), &st) {
             return Err(op_err(
                 path,
                 "link target's inode may be shared with files outside the replica; not linked",
@@ -146,14 +154,18 @@ impl<W: Write> Agent<W> {
         let tmp = temp_name();
         // The pinned inode itself gets the name, whatever `target` names by now.
         fsutil::link_fd(pin.as_fd(), dir.as_fd(), &tmp).at(path)?;
+        let victim = self
+            .victim(dir.as_fd(), name)
+            .filter(|v| rustix::fs::fstat(v).is_ok_and(|v| v.st_ino != st.st_ino));
         let r = rustix::fs::renameat(&dir, tmp.as_slice(), &dir, name);
+        if let Some(v) = victim {
+            self.remember(v.as_fd());
+        }
         // Renaming a link over another name of the same inode is a no-op that
         // leaves the temporary behind.
         let _ = rustix::fs::unlinkat(&dir, tmp.as_slice(), AtFlags::empty());
         r.at(path)?;
-        if let Ok(st) = rustix::fs::fstat(&pin) {
-            self.remember(&st);
-        }
+        self.remember(pin.as_fd());
         Ok(())
     }
 
@@ -167,17 +179,16 @@ impl<W: Write> Agent<W> {
         if Kind::from_stat(&st) != kind {
             return Err(op_err(path, "changed type on the target"));
         }
-        if !self.own_inode(&st) {
+        if !self.own_inode(pin.as_fd(), &st) {
             return Err(op_err(
                 path,
                 "its inode may be shared with files outside the replica; not changed in place",
             ));
         }
         meta::apply_pinned(pin.as_fd(), kind, meta, opts).at(path)?;
-        if let Ok(st) = rustix::fs::fstat(&pin) {
-            if st.st_nlink > 1 {
-                self.remember(&st);
-            }
+        if st.st_nlink > 1 {
+            // The change moved the ctime georep recognises the inode by.
+            self.remember(pin.as_fd());
         }
         Ok(())
     }

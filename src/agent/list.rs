@@ -70,6 +70,15 @@ impl<W: Write> Agent<W> {
             checksum: false,
             ..opts
         };
+        if checksum {
+            // Every name of a group in this directory is seen before any of
+            // them is judged for a digest (see `own_inode`).
+            for i in 0..listed.len() {
+                if let Ok(e) = meta::stat_entry(dir.as_fd(), listed.get(i), scan) {
+                    self.saw(path, &e);
+                }
+            }
+        }
         let mut this = Some(this);
         let mut chunk = Vec::new();
         let mut bytes = 0;
@@ -81,6 +90,9 @@ impl<W: Write> Agent<W> {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e).at(&confine::join(path, entry_name)),
             };
+            if !checksum {
+                self.saw(path, &e);
+            }
             if checksum && e.kind == Kind::Regular {
                 e.hash = self
                     .checksum(dir.as_fd(), &e)
@@ -118,16 +130,26 @@ impl<W: Write> Agent<W> {
     /// replica's own: a file whose inode may be shared with the outside is
     /// not read (its digest would tell the master about an outside file);
     /// without a digest it compares as changed and is replaced.
-    fn checksum(&self, dir: BorrowedFd, e: &Entry) -> io::Result<Option<[u8; 32]>> {
-        let st = match rustix::fs::statat(dir, e.name.as_slice(), AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(st) => st,
-            Err(rustix::io::Errno::NOENT) => return Ok(None),
-            Err(err) => return Err(err.into()),
+    fn checksum(&mut self, dir: BorrowedFd, e: &Entry) -> io::Result<Option<[u8; 32]>> {
+        let (pin, st) = match meta::pin(dir, &e.name) {
+            Ok(x) => x,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(err),
         };
-        if st.st_ino != e.ino || Kind::from_stat(&st) != Kind::Regular || !self.own_inode(&st) {
+        if st.st_ino != e.ino
+            || Kind::from_stat(&st) != Kind::Regular
+            || !self.own_inode(pin.as_fd(), &st)
+        {
             return Ok(None);
         }
-        meta::digest_at(dir, &e.name, &st)
+        match meta::reopen_read(pin.as_fd(), &st) {
+            Ok((fd, st)) => Ok(Some(crate::delta::digest_fd(
+                fd.as_fd(),
+                st.st_size as u64,
+            )?)),
+            Err(err) if err.kind() == io::ErrorKind::Other => Ok(None),
+            Err(err) => Err(err),
+        }
     }
 }
 

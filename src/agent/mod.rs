@@ -24,6 +24,7 @@ pub mod volumes;
 
 use std::collections::HashMap;
 use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{FlockOperation, Mode, OFlags, Stat};
@@ -31,7 +32,7 @@ use rustix::fs::{FlockOperation, Mode, OFlags, Stat};
 use crate::confine::{PathError, Root};
 use crate::delta;
 use crate::error::Exit;
-use crate::meta::{ApplyOpts, Kind, Meta};
+use crate::meta::{self, ApplyOpts, Kind, Meta};
 use crate::proto::frame::{self as wire, WireError, MAX_FRAME};
 use crate::proto::{self, FsyncPolicy, Hello, Msg, Side};
 
@@ -48,6 +49,8 @@ const MAX_DATA: usize = 4 << 20;
 const MAX_DIR_META_BYTES: usize = 32 << 20;
 /// Inodes whose extra links georep made itself, remembered per connection.
 const MAX_KNOWN: usize = 1 << 18;
+/// Bytes of names of multi-link inodes a round's listings remember.
+const MAX_SEEN_BYTES: usize = 32 << 20;
 /// Longest message text in an error frame the slave sends.
 const MAX_MESSAGE: usize = 4096;
 
@@ -89,6 +92,9 @@ impl<T, E: std::fmt::Display> OpContext<T> for Result<T, E> {
     }
 }
 
+/// A name in the replica: its directory's path and the name.
+type DirName = (Vec<u8>, Vec<u8>);
+
 /// The slave's state for one connection (one or more rounds).
 pub struct Agent<W: Write> {
     root_path: PathBuf,
@@ -107,6 +113,11 @@ pub struct Agent<W: Write> {
     /// to the link count and ctime it left them with. Any change by someone
     /// else (a new link outside, a write) moves the ctime.
     known: HashMap<(u64, u64), (u64, i64, i64)>,
+    /// This round's listings: names (directory path, name) of each inode
+    /// with more than one link, so that its link count can be explained.
+    seen: HashMap<(u64, u64), Vec<DirName>>,
+    /// What `seen` holds, capped by [`MAX_SEEN_BYTES`].
+    seen_bytes: usize,
     /// The last message was Finish: the round is closed and acknowledged.
     finished: bool,
 }
@@ -127,6 +138,8 @@ pub fn serve(root: &Path, input: impl Read, output: impl Write) -> Exit {
         dir_meta_bytes: 0,
         root_dev: 0,
         known: HashMap::new(),
+        seen: HashMap::new(),
+        seen_bytes: 0,
         finished: false,
     };
     let code = agent.run(BufReader::with_capacity(1 << 20, input));
@@ -227,25 +240,68 @@ impl<W: Write> Agent<W> {
         wire::write_frame(&mut self.out, &m.encode())
     }
 
-    /// Whether georep may change, read or link this inode in place: it is on
-    /// the root's filesystem and either has one name (the replica's) or only
-    /// the links georep made itself, unchanged since (link count and ctime as
-    /// georep left them). Directories cannot be hard-linked. Anything else
-    /// may be an inode from outside the root that a local user linked in: it
-    /// is replaced, never modified, read or given another name.
-    fn own_inode(&self, st: &Stat) -> bool {
+    /// Whether georep may change, read or link the inode pinned by `pin`
+    /// (`st` its fstat) in place: it is on the root's filesystem and all its
+    /// names are inside the replica. That holds when it has one name; when
+    /// georep made its other links itself and nothing changed it since (the
+    /// link count and ctime georep left); or when this round's listings saw
+    /// as many names of it as it has links and each still names it, with
+    /// its link count and ctime unchanged while they were checked (a rename
+    /// or a link moves the ctime, so a name moved to be counted twice is
+    /// caught). Directories cannot be hard-linked. Anything else may be an
+    /// inode from outside the root that a local user linked in: it is
+    /// replaced, never modified, read or given another name.
+    fn own_inode(&mut self, pin: BorrowedFd, st: &Stat) -> bool {
         if st.st_dev != self.root_dev {
             return false;
         }
         if Kind::from_stat(st) == Kind::Dir || st.st_nlink <= 1 {
             return true;
         }
-        self.known.get(&(st.st_dev, st.st_ino))
-            == Some(&(st.st_nlink, st.st_ctime, st.st_ctime_nsec as i64))
+        let key = (st.st_dev, st.st_ino);
+        if self.known.get(&key) == Some(&(st.st_nlink, st.st_ctime, st.st_ctime_nsec as i64)) {
+            return true;
+        }
+        let Some(names) = self.seen.get(&key) else {
+            return false;
+        };
+        if (names.len() as u64) < st.st_nlink {
+            return false;
+        }
+        let names = names.clone();
+        let Some(root) = self.root.as_mut() else {
+            return false;
+        };
+        let mut found = std::collections::HashSet::new();
+        for (dir, name) in &names {
+            let Ok(d) = root.open_dir(dir) else { continue };
+            let Ok(ds) = rustix::fs::fstat(&d) else {
+                continue;
+            };
+            match rustix::fs::statat(&d, name.as_slice(), rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(n) if (n.st_dev, n.st_ino) == key => {
+                    found.insert((ds.st_ino, name.clone()));
+                }
+                _ => {}
+            }
+        }
+        let same = rustix::fs::fstat(pin).is_ok_and(|now| {
+            (now.st_nlink, now.st_ctime, now.st_ctime_nsec)
+                == (st.st_nlink, st.st_ctime, st.st_ctime_nsec)
+        });
+        if same && found.len() as u64 == st.st_nlink {
+            self.remember(pin);
+            return true;
+        }
+        false
     }
 
-    /// Records an inode georep just linked or changed (see [`Agent::own_inode`]).
-    fn remember(&mut self, st: &Stat) {
+    /// Records the links of an inode georep just linked, unlinked, changed
+    /// or found to be all inside the replica (see [`Agent::own_inode`]).
+    fn remember(&mut self, pin: BorrowedFd) {
+        let Ok(st) = rustix::fs::fstat(pin) else {
+            return;
+        };
         let key = (st.st_dev, st.st_ino);
         if st.st_nlink <= 1 {
             self.known.remove(&key);
@@ -253,6 +309,33 @@ impl<W: Write> Agent<W> {
             let v = (st.st_nlink, st.st_ctime, st.st_ctime_nsec as i64);
             self.known.insert(key, v);
         }
+    }
+
+    /// Notes a name of a multi-link inode seen by this round's listings.
+    fn saw(&mut self, dir: &[u8], e: &meta::Entry) {
+        if e.kind == Kind::Dir || e.nlink <= 1 || e.dev != self.root_dev {
+            return;
+        }
+        let cost = 64 + dir.len() + e.name.len();
+        if self.seen_bytes + cost > MAX_SEEN_BYTES {
+            return;
+        }
+        self.seen_bytes += cost;
+        self.seen
+            .entry((e.dev, e.ino))
+            .or_default()
+            .push((dir.to_vec(), e.name.clone()));
+    }
+
+    /// Before a name is replaced by a rename over it: a pin on the inode it
+    /// names if that is one of georep's multi-link inodes, whose record must
+    /// follow the link it loses (`remember` it afterwards).
+    fn victim(&mut self, dir: BorrowedFd, name: &[u8]) -> Option<OwnedFd> {
+        let (pin, st) = meta::pin(dir, name).ok()?;
+        let ours = Kind::from_stat(&st) != Kind::Dir
+            && st.st_nlink > 1
+            && self.own_inode(pin.as_fd(), &st);
+        ours.then_some(pin)
     }
 
     fn reply(&mut self, m: &Msg) -> Step {
@@ -437,6 +520,9 @@ impl<W: Write> Agent<W> {
             return Err(fatal("finish with files still open"));
         }
         self.bases.clear();
+        // The next round lists afresh.
+        self.seen = HashMap::new();
+        self.seen_bytes = 0;
         let dry_run = self.master.as_ref().is_none_or(|h| h.dry_run);
         if !dry_run {
             let fsync = self.master.as_ref().map(|h| h.fsync);

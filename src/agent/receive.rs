@@ -82,7 +82,7 @@ impl<W: Write> Agent<W> {
         if Kind::from_stat(&st) != Kind::Regular {
             return self.sig_fail(id, "not a regular file".into());
         }
-        if !self.own_inode(&st) {
+        if !self.own_inode(pinned.as_fd(), &st) {
             return self.sig_fail(
                 id,
                 "its inode may be shared with files outside the replica; not used as a basis"
@@ -304,13 +304,18 @@ impl<W: Write> Agent<W> {
             }
             return Err(op_err(&f.path, "content check failed (changed in transit)"));
         }
+        let name = final_name(&f.path);
+        let victim = self.victim(f.dir.as_fd(), name);
         let done = (|| -> io::Result<()> {
             meta::apply_fd(file.fd.as_fd(), meta, opts)?;
             if fsync == Some(FsyncPolicy::File) {
                 rustix::fs::fsync(&file.fd)?;
             }
-            file.install(f.dir.as_fd(), final_name(&f.path))
+            file.install(f.dir.as_fd(), name)
         })();
+        if let Some(v) = victim {
+            self.remember(v.as_fd());
+        }
         if let Err(e) = done {
             file.discard(f.dir.as_fd());
             if is_delta {

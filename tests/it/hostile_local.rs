@@ -328,7 +328,7 @@ fn fifos_and_devices_never_block_the_slave() {
     let device = is_root() && {
         let r = rustix::fs::mknodat(
             rustix::fs::CWD,
-            &t.root.join("null"),
+            t.root.join("null"),
             rustix::fs::FileType::CharacterDevice,
             rustix::fs::Mode::from_raw_mode(0o666),
             rustix::fs::makedev(1, 3),
@@ -442,4 +442,75 @@ fn basis_truncated_under_the_slave_fails_the_file_not_the_slave() {
     assert_rss(label, &slave);
     finish_clean(label, slave, &t.root);
     assert_canary_kept(label, &before, &t.canary);
+}
+
+/// A hard-link group whose names this round's listing saw, all inside the
+/// replica, stays manageable after a restart: its metadata may change and
+/// names may be added (the planted case above is refused because its
+/// outside name was never listed).
+#[test]
+fn links_all_inside_the_replica_stay_manageable_after_a_restart() {
+    let label = "hard-link group after a restart";
+    let t = Local::new("links-after-restart");
+    let mut slave = t.spawn();
+    for m in whole_file(1, b"a", b"group\n") {
+        slave.send(&m);
+    }
+    slave.send(&Msg::Link {
+        path: b"b".to_vec(),
+        target: b"a".to_vec(),
+    });
+    assert!(until_ack(&mut slave, 2).is_empty());
+    finish_clean(label, slave, &t.root);
+    assert_eq!(lstat(&t.root.join("a")).nlink(), 2);
+
+    let mut slave = t.spawn();
+    // Before a listing has seen both names, the group is not the replica's.
+    slave.send(&Msg::Link {
+        path: b"early".to_vec(),
+        target: b"a".to_vec(),
+    });
+    slave.send(&Msg::ListDir {
+        id: 1,
+        path: Vec::new(),
+        xattrs: false,
+        checksum: true,
+    });
+    let got = until_ack(&mut slave, 2);
+    assert!(
+        matches!(got.first(), Some(Msg::OpError { path, .. }) if path == b"early"),
+        "{label}: {:?}",
+        got.iter().map(brief).collect::<Vec<_>>()
+    );
+    for m in &got {
+        if let Msg::DirEntries { entries, .. } = m {
+            assert!(entries.iter().all(|e| e.hash.is_some()), "{label}: digests");
+        }
+    }
+    slave.send(&Msg::SetMeta {
+        path: b"b".to_vec(),
+        kind: Kind::Regular,
+        meta: meta(0o600),
+    });
+    slave.send(&Msg::Link {
+        path: b"c".to_vec(),
+        target: b"a".to_vec(),
+    });
+    slave.send(&Msg::Remove {
+        path: b"b".to_vec(),
+    });
+    slave.send(&Msg::Link {
+        path: b"d".to_vec(),
+        target: b"c".to_vec(),
+    });
+    let got = until_ack(&mut slave, 3);
+    assert!(
+        got.is_empty(),
+        "{label}: {:?}",
+        got.iter().map(brief).collect::<Vec<_>>()
+    );
+    finish_clean(label, slave, &t.root);
+    let a = lstat(&t.root.join("a"));
+    assert_eq!((a.nlink(), a.mode() & 0o7777), (3, 0o600));
+    assert_eq!(lstat(&t.root.join("d")).ino(), a.ino());
 }
