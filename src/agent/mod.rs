@@ -153,7 +153,7 @@ pub fn refuse(output: impl Write, code: Exit, message: &str) {
     let mut out = BufWriter::new(output);
     let m = Msg::Fatal {
         code: code as u8,
-        message: message.to_string(),
+        message: clip(message),
     };
     let _ = wire::write_frame(&mut out, &m.encode()).and_then(|_| out.flush());
 }

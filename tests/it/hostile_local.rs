@@ -138,6 +138,7 @@ pub(crate) fn assert_canary_same(label: &str, before: &Canary, path: &Path) {
 /// The slave's peak RSS so far, checked against the bound.
 pub(crate) fn assert_rss(label: &str, slave: &Slave) {
     let peak = vm_hwm_kib(slave.child.id()) >> 10;
+    eprintln!("{label}: the slave's peak RSS: {peak} MiB");
     assert!(
         peak < RSS_BOUND_MIB,
         "{label}: the slave's peak RSS was {peak} MiB (bound {RSS_BOUND_MIB} MiB)"
