@@ -46,6 +46,16 @@ pub fn show(path: &[u8]) -> String {
     s
 }
 
+/// Like [`show`], for messages: at most 512 bytes of the path are shown, so
+/// an error about a 16 MiB path stays small.
+pub fn show_brief(path: &[u8]) -> String {
+    const KEEP: usize = 512;
+    if path.len() <= KEEP {
+        return show(path);
+    }
+    format!("{}... ({} bytes)", show(&path[..KEEP]), path.len())
+}
+
 /// Splits a wire path into validated components. The empty path is the root.
 pub fn components(path: &[u8]) -> Result<Vec<&[u8]>, PathError> {
     if path.is_empty() {
@@ -54,7 +64,7 @@ pub fn components(path: &[u8]) -> Result<Vec<&[u8]>, PathError> {
     let comps: Vec<&[u8]> = path.split(|&b| b == b'/').collect();
     for c in &comps {
         if c.is_empty() || *c == b"." || *c == b".." || c.contains(&0) || c.len() > 255 {
-            return Err(PathError::Invalid(show(path)));
+            return Err(PathError::Invalid(show_brief(path)));
         }
     }
     Ok(comps)
@@ -82,7 +92,12 @@ fn open_dir_at(dir: BorrowedFd, name: &[u8]) -> io::Result<OwnedFd> {
     Ok(rustix::fs::openat(
         dir,
         name,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        OFlags::RDONLY
+            | OFlags::DIRECTORY
+            | OFlags::NOFOLLOW
+            | OFlags::NONBLOCK
+            | OFlags::NOCTTY
+            | OFlags::CLOEXEC,
         Mode::empty(),
     )?)
 }
@@ -118,16 +133,16 @@ impl Root {
         let mut cur: Arc<OwnedFd> = self.fd.clone();
         for (i, c) in comps.iter().enumerate() {
             let next = open_dir_at(cur.as_fd(), c).map_err(|e| {
-                let at = show(&comps[..=i].join(&b'/'));
+                let at = show_brief(&comps[..=i].join(&b'/'));
                 match rustix::io::Errno::from_io_error(&e) {
                     Some(rustix::io::Errno::LOOP) | Some(rustix::io::Errno::NOTDIR) => {
                         PathError::NotDir {
-                            path: show(path),
+                            path: show_brief(path),
                             at,
                         }
                     }
                     _ => PathError::Io {
-                        path: show(path),
+                        path: show_brief(path),
                         source: e,
                     },
                 }
@@ -143,7 +158,7 @@ impl Root {
     pub fn parent<'p>(&mut self, path: &'p [u8]) -> Result<(Arc<OwnedFd>, &'p [u8]), PathError> {
         components(path)?;
         if path.is_empty() {
-            return Err(PathError::Invalid(show(path)));
+            return Err(PathError::Invalid(show_brief(path)));
         }
         let (dir, name) = match path.iter().rposition(|&b| b == b'/') {
             Some(i) => (&path[..i], &path[i + 1..]),

@@ -224,14 +224,253 @@ impl<'a> Basis<'a> {
     }
 }
 
-/// Feeds `n` zero bytes (a hole) to a hasher without reading them.
-pub fn hash_zeros(h: &mut blake3::Hasher, mut n: u64) {
-    static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
-    while n > 0 {
-        let k = n.min(ZEROS.len() as u64) as usize;
-        h.update(&ZEROS[..k]);
-        n -= k as u64;
+/// Granule of the content digest: aligned blocks of this size that are all
+/// zeros are counted, not hashed.
+const DIGEST_BLOCK: usize = 4096;
+
+/// The content digest both ends compute for a file (FileEnd, checksum
+/// listings): BLAKE3 over a canonical encoding of the content in which every
+/// maximal run of aligned all-zero 4 KiB blocks is one record holding its
+/// count. Plain BLAKE3 cannot skip zeros (each chunk's chaining value depends
+/// on its position), so hashing a 16 TiB hole with it takes an hour; here a
+/// hole costs O(1) and data costs O(its length), whichever way the same bytes
+/// arrive (data frames, holes, zeros inside data). The encoding is injective
+/// (tagged records, lengths included), so collisions are BLAKE3 collisions.
+///
+/// Records: `D` + 4096 bytes (a data block), `Z` + count:u64le (a run of zero
+/// blocks), and at the end `T` + len:u64le + the final partial block + total
+/// length:u64le.
+#[derive(Clone)]
+pub struct Hasher {
+    inner: blake3::Hasher,
+    /// Bytes of content consumed.
+    pos: u64,
+    /// The current incomplete block (`pos % DIGEST_BLOCK` bytes).
+    partial: Vec<u8>,
+    /// Complete all-zero blocks not yet written as a record.
+    zero_run: u64,
+}
+
+impl Default for Hasher {
+    fn default() -> Hasher {
+        Hasher::new()
     }
+}
+
+fn is_zero(b: &[u8]) -> bool {
+    b.iter().fold(0u8, |a, &x| a | x) == 0
+}
+
+impl Hasher {
+    pub fn new() -> Hasher {
+        Hasher {
+            inner: blake3::Hasher::new_derive_key("georep content digest v1"),
+            pos: 0,
+            partial: Vec::with_capacity(DIGEST_BLOCK),
+            zero_run: 0,
+        }
+    }
+
+    /// Bytes of content consumed so far.
+    pub fn len(&self) -> u64 {
+        self.pos
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pos == 0
+    }
+
+    fn flush_run(inner: &mut blake3::Hasher, zero_run: &mut u64) {
+        if *zero_run > 0 {
+            inner.update(b"Z");
+            inner.update(&zero_run.to_le_bytes());
+            *zero_run = 0;
+        }
+    }
+
+    fn block(inner: &mut blake3::Hasher, zero_run: &mut u64, b: &[u8]) {
+        if is_zero(b) {
+            *zero_run += 1;
+        } else {
+            Hasher::flush_run(inner, zero_run);
+            inner.update(b"D");
+            inner.update(b);
+        }
+    }
+
+    /// Appends content bytes.
+    pub fn update(&mut self, mut data: &[u8]) -> &mut Hasher {
+        self.pos += data.len() as u64;
+        if !self.partial.is_empty() {
+            let take = (DIGEST_BLOCK - self.partial.len()).min(data.len());
+            self.partial.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.partial.len() < DIGEST_BLOCK {
+                return self;
+            }
+            Hasher::block(&mut self.inner, &mut self.zero_run, &self.partial);
+            self.partial.clear();
+        }
+        let mut blocks = data.chunks_exact(DIGEST_BLOCK);
+        for b in &mut blocks {
+            Hasher::block(&mut self.inner, &mut self.zero_run, b);
+        }
+        self.partial.extend_from_slice(blocks.remainder());
+        self
+    }
+
+    /// Appends `n` zero bytes in O(1) (at most two partial blocks are touched).
+    pub fn zeros(&mut self, mut n: u64) -> &mut Hasher {
+        self.pos += n;
+        if !self.partial.is_empty() {
+            let take = ((DIGEST_BLOCK - self.partial.len()) as u64).min(n);
+            self.partial.resize(self.partial.len() + take as usize, 0);
+            n -= take;
+            if self.partial.len() < DIGEST_BLOCK {
+                return self;
+            }
+            Hasher::block(&mut self.inner, &mut self.zero_run, &self.partial);
+            self.partial.clear();
+        }
+        self.zero_run += n / DIGEST_BLOCK as u64;
+        self.partial.resize((n % DIGEST_BLOCK as u64) as usize, 0);
+        self
+    }
+
+    /// Appends `bytes` found at `offset` (at or past what was consumed): the
+    /// gap before it is zeros.
+    pub fn data(&mut self, offset: u64, bytes: &[u8]) -> &mut Hasher {
+        self.zeros(offset.saturating_sub(self.pos));
+        self.update(bytes)
+    }
+
+    pub fn finalize(&self) -> blake3::Hash {
+        let mut h = self.inner.clone();
+        let mut run = self.zero_run;
+        Hasher::flush_run(&mut h, &mut run);
+        h.update(b"T");
+        h.update(&(self.partial.len() as u64).to_le_bytes());
+        h.update(&self.partial);
+        h.update(&self.pos.to_le_bytes());
+        h.finalize()
+    }
+}
+
+/// Feeds `n` zero bytes (a hole) to a hasher without reading them, in O(1).
+pub fn hash_zeros(h: &mut Hasher, n: u64) {
+    h.zeros(n);
+}
+
+/// The content digest of `fd`'s first `len` bytes, reading only its data
+/// extents (SEEK_DATA), so a sparse file costs what its data costs. A file
+/// that shrinks meanwhile is hashed as far as it goes.
+pub fn digest_fd(fd: BorrowedFd, len: u64) -> io::Result<[u8; 32]> {
+    const CHUNK: usize = 256 << 10;
+    let mut h = Hasher::new();
+    let mut buf = vec![0u8; CHUNK.min(len as usize)];
+    let mut off = 0u64;
+    'outer: while off < len {
+        let data = match rustix::fs::seek(fd, SeekFrom::Data(off)) {
+            Ok(d) => d.min(len),
+            Err(rustix::io::Errno::NXIO) => len,
+            Err(e) => return Err(e.into()),
+        };
+        let hole = if data < len {
+            rustix::fs::seek(fd, SeekFrom::Hole(data))?.min(len)
+        } else {
+            len
+        };
+        h.zeros(data - off);
+        let mut p = data;
+        while p < hole {
+            let n = ((hole - p) as usize).min(CHUNK);
+            let got = rustix::io::pread(fd, &mut buf[..n], p)?;
+            if got == 0 {
+                break 'outer;
+            }
+            h.update(&buf[..got]);
+            p += got as u64;
+        }
+        off = hole;
+    }
+    Ok(*h.finalize().as_bytes())
+}
+
+/// Why a delta could not be applied.
+#[derive(Debug)]
+pub enum ApplyError {
+    /// The delta itself is malformed or reads out of bounds: a protocol error.
+    Invalid(String),
+    /// The basis could not be read as signed (someone truncated it): the
+    /// file fails, the session goes on.
+    Basis(io::Error),
+}
+
+/// Applies a librsync delta (as `fast_rsync::apply_limited` does, same
+/// checks) reading the basis with pread from `basis`, whose signed length is
+/// `basis_len`, appending at most `limit` bytes to `out`. No mapping: a basis
+/// truncated meanwhile is an error here, not a SIGBUS.
+pub fn apply_pread(
+    basis: BorrowedFd,
+    basis_len: u64,
+    delta: &[u8],
+    out: &mut Vec<u8>,
+    limit: usize,
+) -> Result<(), ApplyError> {
+    let bad = |m: &str| ApplyError::Invalid(m.to_string());
+    let mut p = 0usize;
+    let take = |p: &mut usize, n: usize| -> Result<&[u8], ApplyError> {
+        let b = delta
+            .get(*p..p.saturating_add(n))
+            .ok_or_else(|| ApplyError::Invalid("truncated delta".into()))?;
+        *p += n;
+        Ok(b)
+    };
+    let int = |b: &[u8]| b.iter().fold(0u64, |acc, &x| (acc << 8) | x as u64);
+    if take(&mut p, 4)? != DELTA_MAGIC {
+        return Err(bad("incorrect delta magic"));
+    }
+    let start = out.len();
+    loop {
+        let op = take(&mut p, 1)?[0];
+        match op {
+            OP_END => break,
+            1..=0x44 => {
+                let n = if op <= 0x40 {
+                    op as u64
+                } else {
+                    int(take(&mut p, 1 << (op - 0x41))?)
+                };
+                if n > (limit - (out.len() - start)) as u64 {
+                    return Err(bad("delta output over its limit"));
+                }
+                let lit = take(&mut p, n as usize)?;
+                out.extend_from_slice(lit);
+            }
+            0x45..=OP_COPY_N8_N8 => {
+                let i = op - 0x45;
+                let off = int(take(&mut p, 1 << (i / 4))?);
+                let len = int(take(&mut p, 1 << (i % 4))?);
+                if len == 0 {
+                    return Err(bad("empty copy in a delta"));
+                }
+                if off.checked_add(len).is_none_or(|e| e > basis_len) {
+                    return Err(bad("delta copy out of bounds"));
+                }
+                if len > (limit - (out.len() - start)) as u64 {
+                    return Err(bad("delta output over its limit"));
+                }
+                let at = out.len();
+                out.resize(at + len as usize, 0);
+                read_exact_at(basis, &mut out[at..], off).map_err(ApplyError::Basis)?;
+            }
+            _ => return Err(bad("unknown delta command")),
+        }
+    }
+    if p != delta.len() {
+        return Err(bad("data after the end of a delta"));
+    }
+    Ok(())
 }
 
 /// Literal and copied byte counts of a librsync-format delta.
@@ -277,6 +516,71 @@ pub fn delta_stats(delta: &[u8]) -> (u64, u64) {
 mod tests {
     use super::*;
     use std::os::fd::AsFd;
+
+    /// The digest depends on the content only, not on how it was fed, and
+    /// a huge hole costs nothing.
+    #[test]
+    fn content_digest_is_canonical_and_cheap_for_holes() {
+        let mut content = random(1, 50_000);
+        content[4096..3 * 4096].fill(0);
+        content[20_000..40_000].fill(0);
+        let whole = *Hasher::new().update(&content).finalize().as_bytes();
+        for step in [1usize, 7, 4095, 4096, 4097, 10_000] {
+            let mut h = Hasher::new();
+            for c in content.chunks(step) {
+                if is_zero(c) {
+                    h.zeros(c.len() as u64);
+                } else {
+                    h.update(c);
+                }
+            }
+            assert_eq!(*h.finalize().as_bytes(), whole, "step {step}");
+        }
+        let mut h = Hasher::new();
+        h.data(0, &content[..100]).data(20_000, &content[20_000..]);
+        assert_ne!(*h.finalize().as_bytes(), whole);
+        let mut h = Hasher::new();
+        h.data(0, &content[..20_000])
+            .data(40_000, &content[40_000..]);
+        assert_eq!(*h.finalize().as_bytes(), whole);
+        // Length matters, zeros at the end included.
+        let mut a = Hasher::new();
+        a.zeros(4096);
+        let mut b = Hasher::new();
+        b.zeros(8192);
+        assert_ne!(a.finalize(), b.finalize());
+        assert_ne!(Hasher::new().finalize(), a.finalize());
+        let t = std::time::Instant::now();
+        let mut big = Hasher::new();
+        big.update(b"head").zeros(16 << 40).update(b"tail");
+        let mut again = Hasher::new();
+        again.data(0, b"head").data(4 + (16 << 40), b"tail");
+        assert_eq!(big.finalize(), again.finalize());
+        assert!(t.elapsed().as_millis() < 100, "{:?}", t.elapsed());
+        // digest_fd reads only data and agrees.
+        let f = tempfile::tempfile().unwrap();
+        f.set_len(10 << 20).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &content, 3 << 20).unwrap();
+        let mut h = Hasher::new();
+        h.data(3 << 20, &content)
+            .zeros((10 << 20) - (3 << 20) - content.len() as u64);
+        assert_eq!(
+            digest_fd(f.as_fd(), 10 << 20).unwrap(),
+            *h.finalize().as_bytes()
+        );
+    }
+
+    fn random(seed: u64, n: usize) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
 
     #[test]
     fn chunked_signature_equals_whole_and_delta_counts() {

@@ -171,19 +171,71 @@ pub fn stat_entry(dir: BorrowedFd, name: &[u8], opts: ScanOpts) -> io::Result<En
         Vec::new()
     };
     let hash = if opts.checksum && kind == Kind::Regular {
-        let fd = rustix::fs::openat(
-            dir,
-            name,
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        let mut h = blake3::Hasher::new();
-        h.update_reader(std::fs::File::from(fd))?;
-        Some(*h.finalize().as_bytes())
+        digest_at(dir, name, &st)?
     } else {
         None
     };
     Ok(entry_from_stat(name.to_vec(), &st, target, xattrs, hash))
+}
+
+/// The content digest of regular file `name`, if it is still the inode `st`
+/// describes (a file swapped meanwhile, for a fifo say, is never opened:
+/// its entry then carries no digest and compares as different).
+pub fn digest_at(dir: BorrowedFd, name: &[u8], st: &Stat) -> io::Result<Option<[u8; 32]>> {
+    let (fd, now) = match open_regular(dir, name) {
+        Ok(Some(x)) => x,
+        Ok(None) => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::Other => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if now.st_ino != st.st_ino || now.st_dev != st.st_dev {
+        return Ok(None);
+    }
+    Ok(Some(crate::delta::digest_fd(
+        fd.as_fd(),
+        now.st_size as u64,
+    )?))
+}
+
+/// Pins `name` in `dir` with an O_PATH handle, never following it and never
+/// opening it (no fifo or device driver is involved): calls made through the
+/// handle reach this inode whatever happens to the name afterwards.
+pub fn pin(dir: BorrowedFd, name: &[u8]) -> io::Result<(OwnedFd, Stat)> {
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let st = rustix::fs::fstat(&fd)?;
+    Ok((fd, st))
+}
+
+/// Opens `name` for reading if, and only if, it is a regular file: it is
+/// pinned and its type checked first, then reopened through the pin with
+/// O_NONBLOCK | O_NOCTTY, so a fifo or device is never opened and a swap
+/// between the check and the open is impossible. None if not regular.
+pub fn open_regular(dir: BorrowedFd, name: &[u8]) -> io::Result<Option<(OwnedFd, Stat)>> {
+    let (pinned, st) = pin(dir, name)?;
+    if Kind::from_stat(&st) != Kind::Regular {
+        return Ok(None);
+    }
+    reopen_read(pinned.as_fd(), &st).map(Some)
+}
+
+/// Reopens a pinned regular file for reading (see [`open_regular`]).
+pub fn reopen_read(pinned: BorrowedFd, st: &Stat) -> io::Result<(OwnedFd, Stat)> {
+    let fd = rustix::fs::open(
+        crate::fsutil::proc_fd_path(pinned),
+        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let now = rustix::fs::fstat(&fd)?;
+    if Kind::from_stat(&now) != Kind::Regular || now.st_ino != st.st_ino || now.st_dev != st.st_dev
+    {
+        return Err(io::Error::other("changed while being opened"));
+    }
+    Ok((fd, now))
 }
 
 pub fn entry_from_stat(
@@ -221,13 +273,26 @@ pub fn entry_from_stat(
 pub enum XattrTarget<'a> {
     Fd(BorrowedFd<'a>),
     At(BorrowedFd<'a>, &'a [u8]),
+    /// An O_PATH handle from [`pin`] (any kind, symlinks included): reached
+    /// by following its /proc link, which lands on exactly that inode.
+    Pinned(BorrowedFd<'a>),
 }
 
 impl XattrTarget<'_> {
-    fn proc_path(dir: BorrowedFd, name: &[u8]) -> io::Result<CString> {
-        let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
-        p.extend_from_slice(name);
-        CString::new(p).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+    /// The path the non-fd calls use.
+    fn path(&self) -> io::Result<Option<CString>> {
+        let p = match self {
+            XattrTarget::Fd(_) => return Ok(None),
+            XattrTarget::At(dir, name) => {
+                let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+                p.extend_from_slice(name);
+                p
+            }
+            XattrTarget::Pinned(fd) => crate::fsutil::proc_fd_path(*fd).into_bytes(),
+        };
+        CString::new(p)
+            .map(Some)
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
     }
 }
 
@@ -242,19 +307,18 @@ fn is_unsupported(e: &rustix::io::Errno) -> bool {
 
 /// Reads all wanted xattrs, sorted by name.
 pub fn read_xattrs(t: &XattrTarget, privileged: bool) -> io::Result<Xattrs> {
-    let path = match t {
-        XattrTarget::At(d, n) => Some(XattrTarget::proc_path(*d, n)?),
-        XattrTarget::Fd(_) => None,
-    };
+    let path = t.path()?;
     let list = |buf: &mut [u8]| match (t, &path) {
         (XattrTarget::Fd(fd), _) => rustix::fs::flistxattr(fd, buf),
+        (XattrTarget::Pinned(_), Some(p)) => rustix::fs::listxattr(p.as_c_str(), buf),
         (_, Some(p)) => rustix::fs::llistxattr(p.as_c_str(), buf),
-        _ => unreachable!(),
+        _ => Err(rustix::io::Errno::BADF),
     };
     let get = |name: &[u8], buf: &mut [u8]| match (t, &path) {
         (XattrTarget::Fd(fd), _) => rustix::fs::fgetxattr(fd, name, buf),
+        (XattrTarget::Pinned(_), Some(p)) => rustix::fs::getxattr(p.as_c_str(), name, buf),
         (_, Some(p)) => rustix::fs::lgetxattr(p.as_c_str(), name, buf),
-        _ => unreachable!(),
+        _ => Err(rustix::io::Errno::BADF),
     };
     let names = match fill(|b| list(b)) {
         Ok(v) => v,
@@ -300,18 +364,18 @@ fn fill(
 /// Makes the target's xattrs exactly `want` (names outside our privilege untouched).
 pub fn write_xattrs(t: &XattrTarget, want: &Xattrs, privileged: bool) -> io::Result<()> {
     let have = read_xattrs(t, privileged)?;
-    let path = match t {
-        XattrTarget::At(d, n) => Some(XattrTarget::proc_path(*d, n)?),
-        XattrTarget::Fd(_) => None,
-    };
+    let path = t.path()?;
     for (name, _) in &have {
         if want.iter().any(|(n, _)| n == name) {
             continue;
         }
         match (t, &path) {
             (XattrTarget::Fd(fd), _) => rustix::fs::fremovexattr(fd, name.as_slice()),
+            (XattrTarget::Pinned(_), Some(p)) => {
+                rustix::fs::removexattr(p.as_c_str(), name.as_slice())
+            }
             (_, Some(p)) => rustix::fs::lremovexattr(p.as_c_str(), name.as_slice()),
-            _ => unreachable!(),
+            _ => Err(rustix::io::Errno::BADF),
         }?;
     }
     for (name, value) in want {
@@ -324,8 +388,11 @@ pub fn write_xattrs(t: &XattrTarget, want: &Xattrs, privileged: bool) -> io::Res
         let flags = rustix::fs::XattrFlags::empty();
         match (t, &path) {
             (XattrTarget::Fd(fd), _) => rustix::fs::fsetxattr(fd, name.as_slice(), value, flags),
+            (XattrTarget::Pinned(_), Some(p)) => {
+                rustix::fs::setxattr(p.as_c_str(), name.as_slice(), value, flags)
+            }
             (_, Some(p)) => rustix::fs::lsetxattr(p.as_c_str(), name.as_slice(), value, flags),
-            _ => unreachable!(),
+            _ => Err(rustix::io::Errno::BADF),
         }?;
     }
     Ok(())
@@ -371,48 +438,30 @@ pub fn apply_fd(fd: BorrowedFd, m: &Meta, o: ApplyOpts) -> io::Result<()> {
     Ok(())
 }
 
-/// Applies metadata to `name` in `dir` without following it: symlinks get
-/// owner, xattrs and times; everything else also gets its mode.
-pub fn apply_at(
-    dir: BorrowedFd,
-    name: &[u8],
-    kind: Kind,
-    m: &Meta,
-    o: ApplyOpts,
-) -> io::Result<()> {
+/// Applies metadata to the inode pinned by an O_PATH handle from [`pin`]
+/// (any kind): every call follows the handle's /proc link, which reaches
+/// exactly that inode, so a name swapped meanwhile changes nothing. Symlinks
+/// get owner, xattrs and times (their mode cannot change).
+pub fn apply_pinned(fd: BorrowedFd, kind: Kind, m: &Meta, o: ApplyOpts) -> io::Result<()> {
+    let p = crate::fsutil::proc_fd_path(fd);
     if o.owner {
-        rustix::fs::chownat(
-            dir,
-            name,
+        rustix::fs::chown(
+            p.as_str(),
             Some(rustix::fs::Uid::from_raw(m.uid)),
             Some(rustix::fs::Gid::from_raw(m.gid)),
-            AtFlags::SYMLINK_NOFOLLOW,
         )?;
     }
     if kind != Kind::Symlink {
-        chmod_nofollow(dir, name, m.mode)?;
+        rustix::fs::chmod(p.as_str(), Mode::from_raw_mode(m.mode))?;
     }
     if o.xattrs {
-        write_xattrs(&XattrTarget::At(dir, name), &m.xattrs, o.privileged)?;
+        write_xattrs(&XattrTarget::Pinned(fd), &m.xattrs, o.privileged)?;
     }
-    rustix::fs::utimensat(dir, name, &timestamps(m), AtFlags::SYMLINK_NOFOLLOW)?;
-    Ok(())
-}
-
-/// chmod that never follows a symlink: an O_PATH handle pins the inode, and
-/// chmod through its /proc/self/fd link reaches exactly that inode.
-fn chmod_nofollow(dir: BorrowedFd, name: &[u8], mode: u32) -> io::Result<()> {
-    let fd: OwnedFd = rustix::fs::openat(
-        dir,
-        name,
-        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        p.as_str(),
+        &timestamps(m),
+        AtFlags::empty(),
     )?;
-    let st = rustix::fs::fstat(&fd)?;
-    if Kind::from_stat(&st) == Kind::Symlink {
-        return Ok(());
-    }
-    let p = format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd());
-    rustix::fs::chmod(p.as_str(), Mode::from_raw_mode(mode))?;
     Ok(())
 }

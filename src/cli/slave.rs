@@ -3,7 +3,7 @@
 use super::SlaveArgs;
 use crate::error::Exit;
 use crate::target::Place;
-use crate::volumes::{self, Request};
+use crate::agent::volumes::{self, Request};
 
 pub fn run(a: &SlaveArgs) -> Exit {
     let (request, root) = match a.place.place() {

@@ -193,7 +193,7 @@ fn attempt(
         size,
         delta: signature.is_some(),
     })?;
-    let mut hasher = blake3::Hasher::new();
+    let mut hasher = delta::Hasher::new();
     let ship = Shipment {
         conn,
         id,
@@ -302,7 +302,7 @@ impl Shipment<'_> {
         &self,
         sig: &Signature,
         basis_len: u64,
-        hasher: &mut blake3::Hasher,
+        hasher: &mut delta::Hasher,
     ) -> Result<(), JobError> {
         let (conn, id, fd, size, rep) = (self.conn, self.id, self.fd, self.size, self.rep);
         let basis = delta::Basis::new(sig, basis_len);
@@ -343,7 +343,7 @@ impl Shipment<'_> {
     }
 
     /// Sends the file whole, reading only its data extents.
-    fn whole(&self, hasher: &mut blake3::Hasher) -> Result<(), JobError> {
+    fn whole(&self, hasher: &mut delta::Hasher) -> Result<(), JobError> {
         let (conn, id, fd, size, rep) = (self.conn, self.id, self.fd, self.size, self.rep);
         let mut off = 0u64;
         let mut buf = vec![0u8; CHUNK.min(size as usize)];

@@ -175,7 +175,7 @@ fn dir_name(label: &str) -> String {
 // Snapshots: what "nothing changed" means.
 
 #[derive(Debug, PartialEq)]
-struct Node {
+pub(crate) struct Node {
     mode: u32,
     uid: u32,
     gid: u32,
@@ -189,12 +189,12 @@ struct Node {
     xattrs: Vec<(OsString, Option<Vec<u8>>)>,
 }
 
-type Snapshot = BTreeMap<PathBuf, Node>;
+pub(crate) type Snapshot = BTreeMap<PathBuf, Node>;
 
 /// Every entry under `top` (lstat only), leaving out `skip`. `strict` also
 /// records ctimes and directory sizes and times; otherwise those are left out
 /// (creating and removing a temporary changes them).
-fn snapshot(top: &Path, skip: Option<&Path>, strict: bool) -> Snapshot {
+pub(crate) fn snapshot(top: &Path, skip: Option<&Path>, strict: bool) -> Snapshot {
     let mut out = BTreeMap::new();
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
@@ -256,7 +256,7 @@ fn snapshot(top: &Path, skip: Option<&Path>, strict: bool) -> Snapshot {
     out
 }
 
-fn diff(before: &Snapshot, after: &Snapshot) -> Vec<String> {
+pub(crate) fn diff(before: &Snapshot, after: &Snapshot) -> Vec<String> {
     let keys: BTreeSet<&PathBuf> = before.keys().chain(after.keys()).collect();
     keys.into_iter()
         .filter_map(|k| match (before.get(k), after.get(k)) {
@@ -272,43 +272,43 @@ fn diff(before: &Snapshot, after: &Snapshot) -> Vec<String> {
 // Talking to the slave.
 
 /// Bytes for the slave's stdin.
-struct Script(Vec<u8>);
+pub(crate) struct Script(Vec<u8>);
 
 impl Script {
-    fn empty() -> Script {
+    pub(crate) fn empty() -> Script {
         Script(Vec::new())
     }
 
     /// Starts with a valid Hello.
-    fn hello() -> Script {
+    pub(crate) fn hello() -> Script {
         Script::empty().msg(hello(false))
     }
 
-    fn msg(self, m: Msg) -> Script {
+    pub(crate) fn msg(self, m: Msg) -> Script {
         self.body(&m.encode())
     }
 
-    fn msgs(self, ms: impl IntoIterator<Item = Msg>) -> Script {
+    pub(crate) fn msgs(self, ms: impl IntoIterator<Item = Msg>) -> Script {
         ms.into_iter().fold(self, Script::msg)
     }
 
     /// One frame around a hand-made body (kind byte first).
-    fn body(mut self, body: &[u8]) -> Script {
+    pub(crate) fn body(mut self, body: &[u8]) -> Script {
         write_frame(&mut self.0, body).unwrap();
         self
     }
 
-    fn raw(mut self, bytes: &[u8]) -> Script {
+    pub(crate) fn raw(mut self, bytes: &[u8]) -> Script {
         self.0.extend_from_slice(bytes);
         self
     }
 
-    fn finish(self) -> Script {
+    pub(crate) fn finish(self) -> Script {
         self.msg(Msg::Finish)
     }
 }
 
-fn hello(dry_run: bool) -> Msg {
+pub(crate) fn hello(dry_run: bool) -> Msg {
     Msg::Hello(Hello {
         version: VERSION,
         features: FEATURES,
@@ -319,7 +319,7 @@ fn hello(dry_run: bool) -> Msg {
 }
 
 /// Metadata a hostile SetMeta would stamp on its victim.
-fn meta(mode: u32) -> Meta {
+pub(crate) fn meta(mode: u32) -> Meta {
     Meta {
         mode,
         uid: rustix::process::getuid().as_raw(),
@@ -330,8 +330,16 @@ fn meta(mode: u32) -> Meta {
     }
 }
 
-/// A whole file: FileBegin, FileData, FileEnd with the right BLAKE3.
-fn whole_file(id: u64, path: &[u8], data: &[u8]) -> Vec<Msg> {
+/// The content digest FileEnd carries (docs/PROTOCOL.md).
+pub(crate) fn digest(data: &[u8]) -> [u8; 32] {
+    *georep::delta::Hasher::new()
+        .update(data)
+        .finalize()
+        .as_bytes()
+}
+
+/// A whole file: FileBegin, FileData, FileEnd with the right digest.
+pub(crate) fn whole_file(id: u64, path: &[u8], data: &[u8]) -> Vec<Msg> {
     vec![
         Msg::FileBegin {
             id,
@@ -347,13 +355,13 @@ fn whole_file(id: u64, path: &[u8], data: &[u8]) -> Vec<Msg> {
         },
         Msg::FileEnd {
             id,
-            hash: *blake3::hash(data).as_bytes(),
+            hash: digest(data),
             meta: meta(0o644),
         },
     ]
 }
 
-fn sig_req(id: u64, path: &[u8], block_size: u32, hash_len: u32) -> Msg {
+pub(crate) fn sig_req(id: u64, path: &[u8], block_size: u32, hash_len: u32) -> Msg {
     Msg::SigReq {
         id,
         path: path.to_vec(),
@@ -363,8 +371,8 @@ fn sig_req(id: u64, path: &[u8], block_size: u32, hash_len: u32) -> Msg {
 }
 
 /// A running `georep slave --root ROOT`; stdout is decoded by a thread.
-struct Slave {
-    child: Child,
+pub(crate) struct Slave {
+    pub(crate) child: Child,
     stdin: Option<ChildStdin>,
     frames: Receiver<Result<Msg, String>>,
     stderr: Option<JoinHandle<String>>,
@@ -373,7 +381,7 @@ struct Slave {
 }
 
 impl Slave {
-    fn spawn(root: &Path) -> Slave {
+    pub(crate) fn spawn(root: &Path) -> Slave {
         let mut cmd = georep();
         cmd.arg("slave")
             .arg("--root")
@@ -416,7 +424,7 @@ impl Slave {
     }
 
     /// Writes to the slave; a slave that already quit (broken pipe) is fine.
-    fn send_bytes(&mut self, bytes: &[u8]) {
+    pub(crate) fn send_bytes(&mut self, bytes: &[u8]) {
         if let Some(w) = &mut self.stdin {
             if w.write_all(bytes).and_then(|_| w.flush()).is_err() {
                 self.stdin = None;
@@ -424,14 +432,14 @@ impl Slave {
         }
     }
 
-    fn send(&mut self, m: &Msg) {
+    pub(crate) fn send(&mut self, m: &Msg) {
         let mut v = Vec::new();
         write_frame(&mut v, &m.encode()).unwrap();
         self.send_bytes(&v);
     }
 
     /// The next frame, within `timeout`.
-    fn recv_within(&mut self, timeout: Duration) -> Msg {
+    pub(crate) fn recv_within(&mut self, timeout: Duration) -> Msg {
         match self.frames.recv_timeout(timeout) {
             Ok(Ok(m)) => {
                 self.got.push(m.clone());
@@ -454,12 +462,12 @@ impl Slave {
         }
     }
 
-    fn recv(&mut self) -> Msg {
+    pub(crate) fn recv(&mut self) -> Msg {
         self.recv_within(RUN_TIMEOUT)
     }
 
     /// Closes stdin, collects the remaining frames, waits for the exit.
-    fn finish(mut self) -> SlaveRun {
+    pub(crate) fn finish(mut self) -> SlaveRun {
         self.stdin = None;
         let mut bad_output = None;
         loop {
@@ -487,17 +495,17 @@ impl Slave {
 }
 
 /// Everything a finished slave said.
-struct SlaveRun {
-    frames: Vec<Msg>,
+pub(crate) struct SlaveRun {
+    pub(crate) frames: Vec<Msg>,
     /// Output that was not a well-formed frame.
-    bad_output: Option<String>,
+    pub(crate) bad_output: Option<String>,
     /// None when killed by a signal.
-    code: Option<i32>,
-    stderr: String,
+    pub(crate) code: Option<i32>,
+    pub(crate) stderr: String,
 }
 
 impl SlaveRun {
-    fn assert_no_panic(&self, label: &str) {
+    pub(crate) fn assert_no_panic(&self, label: &str) {
         assert!(
             !self.stderr.contains("panicked"),
             "{label}: the slave panicked\n{self}"
@@ -508,7 +516,7 @@ impl SlaveRun {
         );
     }
 
-    fn fatals(&self) -> usize {
+    pub(crate) fn fatals(&self) -> usize {
         self.frames
             .iter()
             .filter(|m| matches!(m, Msg::Fatal { .. }))
@@ -516,7 +524,7 @@ impl SlaveRun {
     }
 
     /// A Fatal of code 5 as the last frame, exit code 5; returns its message.
-    fn assert_refused(&self, label: &str) -> String {
+    pub(crate) fn assert_refused(&self, label: &str) -> String {
         self.assert_no_panic(label);
         let Some(Msg::Fatal { code, message }) = self.frames.last() else {
             panic!("{label}: expected the slave to answer with a Fatal frame\n{self}");
@@ -536,7 +544,7 @@ impl SlaveRun {
     }
 
     /// The session completed: no Fatal, Finished last, exit 0.
-    fn assert_finished(&self, label: &str) {
+    pub(crate) fn assert_finished(&self, label: &str) {
         self.assert_no_panic(label);
         assert_eq!(self.fatals(), 0, "{label}: unexpected Fatal\n{self}");
         assert!(
@@ -547,7 +555,7 @@ impl SlaveRun {
     }
 
     /// Paths of the OpError frames, in order.
-    fn op_errors(&self) -> Vec<Vec<u8>> {
+    pub(crate) fn op_errors(&self) -> Vec<Vec<u8>> {
         self.frames
             .iter()
             .filter_map(|m| match m {
@@ -570,7 +578,7 @@ impl fmt::Display for SlaveRun {
 }
 
 /// A short description of a frame (signature chunks and listings summarized).
-fn brief(m: &Msg) -> String {
+pub(crate) fn brief(m: &Msg) -> String {
     let s = match m {
         Msg::SigChunk { id, data } => format!("SigChunk {{ id: {id}, {} bytes }}", data.len()),
         Msg::DirEntries { id, entries, .. } => {
@@ -586,7 +594,7 @@ fn brief(m: &Msg) -> String {
     }
 }
 
-fn briefs(ms: &[Msg]) -> String {
+pub(crate) fn briefs(ms: &[Msg]) -> String {
     let v: Vec<String> = ms.iter().map(brief).collect();
     format!("[{}]", v.join(", "))
 }
@@ -1350,7 +1358,7 @@ fn messages_only_a_slave_sends_are_refused() {
 // 5. Signatures and deltas.
 
 /// librsync delta format, built by hand.
-fn delta(ops: &[&[u8]]) -> Vec<u8> {
+pub(crate) fn delta(ops: &[&[u8]]) -> Vec<u8> {
     let mut d = 0x7273_0236u32.to_be_bytes().to_vec();
     for op in ops {
         d.extend_from_slice(op);
@@ -1359,14 +1367,14 @@ fn delta(ops: &[&[u8]]) -> Vec<u8> {
 }
 
 /// RS_OP_COPY_N8_N8.
-fn copy(offset: u64, len: u64) -> Vec<u8> {
+pub(crate) fn copy(offset: u64, len: u64) -> Vec<u8> {
     let mut v = vec![0x54];
     v.extend_from_slice(&offset.to_be_bytes());
     v.extend_from_slice(&len.to_be_bytes());
     v
 }
 
-const END: &[u8] = &[0];
+pub(crate) const END: &[u8] = &[0];
 
 /// SigReq on `file`, a delta FileBegin of `size`, then one FileDelta.
 fn delta_session(size: u64, len: u32, delta: Vec<u8>) -> Vec<Msg> {
@@ -1681,7 +1689,7 @@ fn too_many_files_in_flight_are_refused_without_temporaries() {
 // 6. A legitimate but huge signature runs in bounded memory.
 
 /// Peak resident set of a live process, from /proc.
-fn vm_hwm_kib(pid: u32) -> u64 {
+pub(crate) fn vm_hwm_kib(pid: u32) -> u64 {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
     status
         .lines()
@@ -1771,11 +1779,8 @@ fn delta_rebuild_of_a_huge_sparse_file_has_bounded_memory() {
             zstd: false,
         });
     }
-    let mut h = blake3::Hasher::new();
-    let zeros = vec![0u8; 1 << 20];
-    for _ in 0..SIZE >> 20 {
-        h.update(&zeros);
-    }
+    let mut h = georep::delta::Hasher::new();
+    h.zeros(SIZE);
     slave.send(&Msg::FileEnd {
         id: 1,
         hash: *h.finalize().as_bytes(),
@@ -1989,7 +1994,7 @@ fn whole_file_with_a_wrong_hash_is_not_installed() {
                     },
                     Msg::FileEnd {
                         id: 1,
-                        hash: *blake3::hash(b"other").as_bytes(),
+                        hash: digest(b"other"),
                         meta: meta(0o644),
                     },
                 ])
@@ -2029,9 +2034,9 @@ fn delta_update(label: &str, wrong_hash: bool) -> (Fixture, SlaveRun, Vec<u8>) {
         "{label}: the delta should mostly copy"
     );
     let hash = if wrong_hash {
-        *blake3::hash(b"something else").as_bytes()
+        digest(b"something else")
     } else {
-        *blake3::hash(&new).as_bytes()
+        digest(&new)
     };
     for m in [
         Msg::FileBegin {

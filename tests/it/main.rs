@@ -3,6 +3,8 @@
 mod crawl;
 mod engine;
 mod hostile;
+mod hostile_limits;
+mod hostile_local;
 mod regression;
 mod session;
 mod ssh;
