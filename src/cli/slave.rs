@@ -1,9 +1,9 @@
 //! `georep slave`: resolve the root, honour a forced command, serve stdio.
 
 use super::SlaveArgs;
+use crate::agent::volumes::{self, Request};
 use crate::error::Exit;
 use crate::target::Place;
-use crate::agent::volumes::{self, Request};
 
 pub fn run(a: &SlaveArgs) -> Exit {
     let (request, root) = match a.place.place() {
