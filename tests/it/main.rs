@@ -1,5 +1,6 @@
 //! The single integration-test binary (one link step, shared support code).
 
+mod churn;
 mod crawl;
 mod engine;
 mod hostile;
