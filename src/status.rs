@@ -87,8 +87,17 @@ impl Status {
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_else(|| Status::new(s, &c));
         st.pid = s.running_pid();
-        if st.pid.is_none() && st.state != State::Created {
-            st.state = State::Stopped;
+        if st.pid.is_none() {
+            // A daemon that stops cleanly says so last; any other last word
+            // without a daemon behind it means it died (SIGKILL, a crash).
+            if !matches!(st.state, State::Created | State::Stopped) {
+                st.last_error = Some(format!(
+                    "the daemon died without stopping (its last report: {:?}); \
+                     changes since are in the journal: `georep start {}`",
+                    st.state, st.session
+                ));
+                st.state = State::Faulty;
+            }
             st.crawl = None;
         }
         if let Ok(j) = Journal::open_existing(&s.journal_path()) {

@@ -286,9 +286,13 @@ impl Worker {
     fn synced(&mut self, rep: &Reporter, r: &Replicator) {
         let st = &mut self.board.status;
         st.state = State::Active;
-        st.crawl = Some(match self.crawl {
-            Some(_) => CrawlStatus::Full,
-            None => CrawlStatus::Changelog,
+        // A crawl running or owed (lost events, a hard-link group a targeted
+        // round could not see whole) is work still owed: never "Changelog".
+        let crawling = self.crawl.is_some() || self.crawl_owed || self.full_owed;
+        st.crawl = Some(if crawling {
+            CrawlStatus::Full
+        } else {
+            CrawlStatus::Changelog
         });
         st.last_error = None;
         st.files_synced = rep.counters.files_transferred.load(Relaxed);

@@ -278,3 +278,61 @@ georep_test!(
         assert_converged(&s);
     }
 );
+
+// A hard link made with `ln a/x b/y` was shipped as a separate file and linked
+// by the next crawl; during that crawl status read Active / Changelog /
+// pending 0 while the slave differed. Whenever status says converged now,
+// the trees are equal.
+georep_test!(
+    regression_status_says_converged_only_when_it_is,
+    |t: TestDir| {
+        write_file(&t.src.join("a/x"), &[7u8; 40_000]);
+        mkdir(&t.src.join("b"));
+        // Enough entries that the crawl which links the group takes a while.
+        for i in 0..8000 {
+            write_file(&t.src.join(format!("c/{}/{i}", i % 40)), b"padding");
+        }
+        let s = started(&t, "truth", &[]);
+        hard_link(&t.src.join("a/x"), &t.src.join("b/y"));
+        // Let the recorder journal the event: a status read before that cannot know.
+        std::thread::sleep(Duration::from_millis(30));
+        let until = Instant::now() + Duration::from_secs(20);
+        let mut converged_seen = 0;
+        while Instant::now() < until && converged_seen < 3 {
+            let st = s.status();
+            let says_converged =
+                st["state"] == "Active" && st["crawl"] == "Changelog" && pending_is_zero(&st);
+            if says_converged {
+                let d = crate::support::tree::tree_diff(&t.src, &t.dst);
+                assert!(
+                    d.is_empty(),
+                    "status says converged, the slave differs: {d:?}\n{st}"
+                );
+                converged_seen += 1;
+            }
+        }
+        assert!(converged_seen > 0, "the session never converged");
+        s.stop();
+        assert_converged(&s);
+    }
+);
+
+// A daemon killed with SIGKILL showed as Stopped, like a clean stop.
+georep_test!(
+    regression_a_dead_daemon_is_not_shown_as_stopped,
+    |t: TestDir| {
+        let s = started(&t, "dies", &[]);
+        let pid = s.daemon_pid().expect("a daemon runs");
+        signal(pid, Signal::KILL);
+        let st = s.wait_status("the death seen", Duration::from_secs(10), |st| {
+            st["pid"].is_null()
+        });
+        assert_eq!(st["state"], "Faulty", "{st}");
+        assert!(st["last_error"].as_str().unwrap().contains("died"), "{st}");
+        // A clean stop is Stopped.
+        s.start();
+        s.wait_converged("restarted");
+        s.stop();
+        assert_eq!(s.status()["state"], "Stopped");
+    }
+);
