@@ -10,7 +10,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
-use rustix::fs::{Mode, OFlags};
+use crate::fsutil::open_dir_at;
 
 /// Why a path from the wire was refused.
 #[derive(Debug, thiserror::Error)]
@@ -88,20 +88,6 @@ pub struct Root {
     cache: Option<(Vec<u8>, Arc<OwnedFd>)>,
 }
 
-fn open_dir_at(dir: BorrowedFd, name: &[u8]) -> io::Result<OwnedFd> {
-    Ok(rustix::fs::openat(
-        dir,
-        name,
-        OFlags::RDONLY
-            | OFlags::DIRECTORY
-            | OFlags::NOFOLLOW
-            | OFlags::NONBLOCK
-            | OFlags::NOCTTY
-            | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?)
-}
-
 impl Root {
     pub fn new(fd: OwnedFd) -> Root {
         Root {
@@ -171,6 +157,7 @@ impl Root {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustix::fs::{Mode, OFlags};
 
     #[test]
     fn refuses_escapes_and_symlinks() {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use crate::error::{state, Error, Exit};
 use crate::journal::{Journal, Writer};
 use crate::replicate::Replicator;
-use crate::session::{process_is_exiting, Daemon, Session};
+use crate::session::{process_is_gone, Daemon, Session};
 use crate::shutdown::Shutdown;
 use crate::status::{Board, CrawlStatus, State, Status};
 use crate::watch::Recorder;
@@ -274,7 +274,7 @@ pub fn stop(s: &Session) -> Result<(), Error> {
     let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
     // The lock goes when the daemon closes its pid file, a moment before the
     // process is gone: wait for both (a zombie counts as gone).
-    let gone = || s.daemon() == Daemon::None && process_is_exiting(pid.as_raw_nonzero().get());
+    let gone = || s.daemon() == Daemon::None && process_is_gone(pid.as_raw_nonzero().get());
     let deadline = Instant::now() + Duration::from_secs(30);
     while !gone() {
         if Instant::now() > deadline {

@@ -203,6 +203,18 @@ pub enum Daemon {
     Exiting(i32),
 }
 
+/// A process that is gone or a zombie: it holds nothing any more.
+pub fn process_is_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(st) => st
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next())
+            .is_none_or(|state| matches!(state, "Z" | "X" | "x")),
+    }
+}
+
 /// A process that is gone, a zombie, exiting, or has a SIGKILL pending.
 pub fn process_is_exiting(pid: i32) -> bool {
     const PF_EXITING: u64 = 0x4;

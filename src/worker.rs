@@ -123,7 +123,6 @@ impl Worker {
             }
             if self.full_owed {
                 self.full_round(r, rep)?;
-                self.full_owed = false;
                 continue;
             }
             if self.crawl.is_none() && std::mem::take(&mut self.crawl_owed) {
@@ -191,6 +190,7 @@ impl Worker {
         })?;
         self.crawl = None;
         self.crawl_owed = false;
+        self.full_owed = false;
         self.last_full = Instant::now();
         self.synced(rep, r);
         Ok(())

@@ -23,6 +23,10 @@ pub mod feature {
 }
 pub const FEATURES: u64 = feature::XATTRS | feature::CHECKSUM | feature::ZSTD;
 
+/// Most names in one ListNames request: a master lists a directory whole
+/// past this, and a slave refuses more.
+pub const MAX_LIST_NAMES: usize = 4096;
+
 /// When the slave makes data durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -9,7 +9,7 @@
 use super::codec;
 use super::frame::{Dec, Enc, WireError};
 use super::kinds::{k, name_of, sender_of, Side};
-use super::{FsyncPolicy, Hello, MAGIC};
+use super::{FsyncPolicy, Hello, MAGIC, MAX_LIST_NAMES};
 use crate::meta::{Entry, Kind, Meta};
 
 #[derive(Clone, Debug)]
@@ -412,8 +412,10 @@ impl Msg {
                 let id = d.u64()?;
                 let path = d.bytes()?.to_vec();
                 let n = d.u32()? as usize;
-                // Each name carries a 4-byte length: cap the count by the frame.
-                if n > d.remaining() / 4 {
+                // Each name carries a 4-byte length: cap the count by the frame,
+                // and by what a master ever asks (decoded names cost far more
+                // than their bytes on the wire).
+                if n > d.remaining() / 4 || n > MAX_LIST_NAMES {
                     return Err(WireError::Malformed("list names"));
                 }
                 let mut names = Vec::with_capacity(n);

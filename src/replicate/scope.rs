@@ -5,10 +5,7 @@ use super::walk::{DirTask, Listing, Planner};
 use crate::confine::Root;
 use crate::error::Result;
 use crate::meta::Kind;
-use crate::proto::Msg;
-
-/// Most names in one partial listing (ListNames).
-const MAX_NAMES: usize = 4096;
+use crate::proto::{Msg, MAX_LIST_NAMES};
 
 /// What one round replicates.
 #[derive(Clone, Debug, Default)]
@@ -133,7 +130,7 @@ impl Planner<'_> {
             let (names, recurse) = match reach {
                 // So many that one listing of the whole directory is cheaper
                 // (and a request stays far below the frame limit).
-                Reach::Names(names) if names.len() > MAX_NAMES => (None, false),
+                Reach::Names(names) if names.len() > MAX_LIST_NAMES => (None, false),
                 Reach::Names(mut names) => {
                     names.sort_unstable();
                     names.dedup();

@@ -168,7 +168,8 @@ fn size_the_filesystem_cannot_hold_is_refused_up_front() {
     assert!(!t.root.join("big").exists());
 }
 
-/// ListNames naming one entry 300,000 times lists it once, in bounded memory.
+/// ListNames naming one entry as often as a request may lists it once, in
+/// bounded memory.
 #[test]
 fn list_names_repeating_one_name_lists_it_once() {
     let label = "one name repeated";
@@ -179,7 +180,7 @@ fn list_names_repeating_one_name_lists_it_once() {
     slave.send(&Msg::ListNames {
         id: 1,
         path: Vec::new(),
-        names: vec![b"file".to_vec(); 300_000],
+        names: vec![b"file".to_vec(); georep::proto::MAX_LIST_NAMES],
         xattrs: true,
         checksum: true,
     });
@@ -194,6 +195,28 @@ fn list_names_repeating_one_name_lists_it_once() {
     assert_eq!(entries, 1, "{label}: the name must be listed once");
     assert_rss(label, &slave);
     finish_clean(label, slave, &t.root);
+}
+
+/// More names than a master ever asks for in one ListNames (300,000 here,
+/// which decoded would cost far more than their frame) are refused.
+#[test]
+fn list_names_with_more_names_than_a_master_asks_is_refused() {
+    let label = "300,000 names";
+    let t = Local::new("too-many-names");
+    let mut slave = Slave::spawn(&t.root);
+    let list = Msg::ListNames {
+        id: 1,
+        path: Vec::new(),
+        names: vec![b"file".to_vec(); 300_000],
+        xattrs: true,
+        checksum: true,
+    };
+    for m in [hello(false), list, Msg::Finish] {
+        slave.send(&m);
+    }
+    let run = slave.finish();
+    let message = run.assert_refused(label);
+    assert!(message.contains("list names"), "{label}: {message}");
 }
 
 /// Directory metadata held until Finish is capped in bytes: 40 frames of
