@@ -7,7 +7,12 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, Mode, OFlags, CWD};
 use rustix::io::Errno;
 
-use crate::meta::TEMP_PREFIX;
+/// Names georep uses for its own temporaries; never replicated, removed when seen.
+pub const TEMP_PREFIX: &[u8] = b".georep.tmp.";
+
+pub fn is_temp_name(name: &[u8]) -> bool {
+    name.starts_with(TEMP_PREFIX)
+}
 
 /// A fresh temporary name: fixed length, so it fits wherever the real name fits.
 pub fn temp_name() -> Vec<u8> {

@@ -122,12 +122,7 @@ pub struct ScanOpts {
     pub checksum: bool,
 }
 
-/// Names georep uses for its own temporaries; never replicated, removed when seen.
-pub const TEMP_PREFIX: &[u8] = b".georep.tmp.";
-
-pub fn is_temp_name(name: &[u8]) -> bool {
-    name.starts_with(TEMP_PREFIX)
-}
+pub use crate::fsutil::{is_temp_name, TEMP_PREFIX};
 
 /// Lists a directory, sorted by name bytes, skipping entries that vanish
 /// between readdir and lstat. Stray georep temporaries are returned in
