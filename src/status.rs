@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::SessionConfig;
 use crate::error::Error;
 use crate::journal::{self, Journal};
-use crate::session::{write_atomic, Session};
+use crate::session::{write_atomic, Daemon, Session};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum State {
@@ -86,8 +86,16 @@ impl Status {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_else(|| Status::new(s, &c));
-        st.pid = s.running_pid();
-        if st.pid.is_none() {
+        let daemon = s.daemon();
+        st.pid = match daemon {
+            Daemon::Running(pid) => Some(pid),
+            _ => None,
+        };
+        if let Daemon::Starting(pid) = daemon {
+            // Setting up: its first report may not be written yet.
+            st.pid = pid;
+            st.state = State::Initializing;
+        } else if st.pid.is_none() {
             // A daemon that stops cleanly says so last; any other last word
             // without a daemon behind it means it died (SIGKILL, a crash).
             if !matches!(st.state, State::Created | State::Stopped) {
