@@ -361,6 +361,22 @@ pub fn hash_zeros(h: &mut Hasher, n: u64) {
     h.zeros(n);
 }
 
+/// The next data extent of `fd` at or after `off`, as (start, end), both
+/// clipped to `len`; (len, len) when only a hole is left (SEEK_DATA).
+pub fn next_extent(fd: BorrowedFd, off: u64, len: u64) -> io::Result<(u64, u64)> {
+    let data = match rustix::fs::seek(fd, SeekFrom::Data(off)) {
+        Ok(d) => d.min(len),
+        Err(rustix::io::Errno::NXIO) => len,
+        Err(e) => return Err(e.into()),
+    };
+    let hole = if data < len {
+        rustix::fs::seek(fd, SeekFrom::Hole(data))?.min(len)
+    } else {
+        len
+    };
+    Ok((data, hole))
+}
+
 /// The content digest of `fd`'s first `len` bytes, reading only its data
 /// extents (SEEK_DATA), so a sparse file costs what its data costs. A file
 /// that shrinks meanwhile is hashed as far as it goes.
@@ -370,16 +386,7 @@ pub fn digest_fd(fd: BorrowedFd, len: u64) -> io::Result<[u8; 32]> {
     let mut buf = vec![0u8; CHUNK.min(len as usize)];
     let mut off = 0u64;
     'outer: while off < len {
-        let data = match rustix::fs::seek(fd, SeekFrom::Data(off)) {
-            Ok(d) => d.min(len),
-            Err(rustix::io::Errno::NXIO) => len,
-            Err(e) => return Err(e.into()),
-        };
-        let hole = if data < len {
-            rustix::fs::seek(fd, SeekFrom::Hole(data))?.min(len)
-        } else {
-            len
-        };
+        let (data, hole) = next_extent(fd, off, len)?;
         h.zeros(data - off);
         let mut p = data;
         while p < hole {

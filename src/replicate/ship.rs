@@ -8,7 +8,7 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::{Arc, Mutex};
 
 use fast_rsync::Signature;
-use rustix::fs::{Mode, OFlags, SeekFrom, Stat};
+use rustix::fs::{Mode, OFlags, Stat};
 
 use crate::confine::show;
 use crate::delta::{self, hash_zeros, read_exact_at};
@@ -348,16 +348,7 @@ impl Shipment<'_> {
         let mut off = 0u64;
         let mut buf = vec![0u8; CHUNK.min(size as usize)];
         while off < size {
-            let data = match rustix::fs::seek(fd, SeekFrom::Data(off)) {
-                Ok(d) => d.min(size),
-                Err(rustix::io::Errno::NXIO) => size,
-                Err(e) => return Err(e.into()),
-            };
-            let hole = if data < size {
-                rustix::fs::seek(fd, SeekFrom::Hole(data))?.min(size)
-            } else {
-                size
-            };
+            let (data, hole) = delta::next_extent(fd, off, size)?;
             hash_zeros(hasher, data - off);
             rep.progressed(data - off);
             let mut p = data;
