@@ -63,6 +63,12 @@ pub struct SessionConfig {
     pub ssh_command: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote_command: Option<String>,
+    /// Executables run on each event (started, faulty, checkpoint-completed...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks_dir: Option<PathBuf>,
+    /// Address serving Prometheus metrics at /metrics (off when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
 }
 
 /// Defaults, chosen for sub-second lag.
@@ -200,6 +206,8 @@ const OPTIONAL_KEYS: &[&str] = &[
     "user",
     "ssh_command",
     "remote_command",
+    "hooks_dir",
+    "metrics_listen",
 ];
 
 #[derive(Serialize)]

@@ -41,6 +41,8 @@ pub enum Exit {
     /// Nothing failed, but some entries vanished from the source while they
     /// were read (rsync's 24).
     Vanished = 24,
+    /// A wait timed out (`checkpoint --wait --timeout`).
+    Timeout = 30,
 }
 
 impl Exit {
@@ -56,6 +58,7 @@ impl Exit {
             8 => Exit::State,
             23 => Exit::Partial,
             24 => Exit::Vanished,
+            30 => Exit::Timeout,
             _ => Exit::Other,
         }
     }
@@ -95,6 +98,13 @@ pub enum Error {
     /// A session's daemon did not come up (the reason is in its log).
     #[error("{0}")]
     DaemonStart(String),
+    /// A session command cannot be done in the session's state (say, stop
+    /// or rescan of a stopped session), or its daemon refused it.
+    #[error("{0}")]
+    Session(String),
+    /// What was waited for did not happen in time.
+    #[error("{0}")]
+    Timeout(String),
     #[error(transparent)]
     Journal(#[from] JournalError),
     /// The state directory (sessions, status, pid files) failed us.
@@ -144,16 +154,21 @@ impl Error {
             Error::Ssh { .. } => Exit::Ssh,
             Error::Partial { .. } => Exit::Partial,
             Error::Remote { code, .. } => match Exit::from_code(*code) {
-                Exit::Ok | Exit::Other | Exit::Partial | Exit::Vanished | Exit::Usage => {
-                    Exit::Protocol
-                }
+                Exit::Ok
+                | Exit::Other
+                | Exit::Partial
+                | Exit::Vanished
+                | Exit::Usage
+                | Exit::Timeout => Exit::Protocol,
                 e => e,
             },
             Error::Usage(_) => Exit::Usage,
             Error::UnknownSession(_)
             | Error::SessionExists(_)
             | Error::Running(_)
-            | Error::DaemonStart(_) => Exit::Session,
+            | Error::DaemonStart(_)
+            | Error::Session(_) => Exit::Session,
+            Error::Timeout(_) => Exit::Timeout,
             Error::Journal(_) | Error::State { .. } => Exit::State,
             Error::Io { .. } => Exit::Other,
         }

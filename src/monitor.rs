@@ -9,8 +9,11 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::control::{self, Controls};
 use crate::error::{state, Error, Exit};
+use crate::hooks::{Event, Hooks};
 use crate::journal::{Journal, Writer};
+use crate::metrics;
 use crate::replicate::Replicator;
 use crate::session::{process_is_gone, Daemon, Session};
 use crate::shutdown::Shutdown;
@@ -37,10 +40,17 @@ pub fn run_foreground(s: &Session) -> Exit {
 struct Monitor {
     session: Session,
     shutdown: Arc<Shutdown>,
+    controls: Arc<Controls>,
     worker: Worker,
+    /// Serve while the daemon runs; dropped (socket removed) at exit.
+    _control: Option<control::Server>,
+    _metrics: Option<metrics::MetricsServer>,
     /// Held for the daemon's lifetime: the lock says "running".
     _pid_file: std::fs::File,
 }
+
+/// Longest a hook may run.
+const HOOK_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Monitor {
     fn start(s: &Session) -> Result<Monitor, Error> {
@@ -72,9 +82,17 @@ impl Monitor {
             Duration::from_millis(2),
             shutdown.clone(),
         );
-        let mut status = Status::read(s).unwrap_or_else(|_| Status::new(s, &config));
+        // What an earlier run left (an old source and target, a watch limit
+        // hit once) is not this run's news; counters carry on.
+        let mut status = Status::new(s, &config);
+        if let Ok(old) = Status::read(s) {
+            status.last_synced = old.last_synced;
+            status.files_synced = old.files_synced;
+            status.bytes_sent = old.bytes_sent;
+            status.faults = old.faults;
+        }
         status.pid = Some(pid as i32);
-        status.last_error = None;
+        let controls = Controls::new(journal.paused()?, journal.checkpoint()?);
         // Recording starts before the first crawl, so nothing written during it is lost.
         let recorder = match Recorder::start(&config.source, writer.sender()) {
             Ok(r) => Some(r),
@@ -93,22 +111,52 @@ impl Monitor {
         ));
         // Reported before the pid says "ready": a reader never sees the last
         // daemon's report (Active, nothing pending) as this one's.
-        let first = status.state == State::Created || status.last_synced.is_none();
+        let first = status.last_synced.is_none();
         status.state = State::Initializing;
         status.crawl = Some(if first {
             CrawlStatus::Full
         } else {
             CrawlStatus::CatchUp
         });
-        let board = Board::new(s, status);
+        let hooks = Hooks::new(
+            config.hooks_dir.clone(),
+            HOOK_TIMEOUT,
+            Arc::new(|msg: &str| log(&format!("hook: {msg}"))),
+        );
+        let mut board = Board::new(s, status, controls.report.clone(), hooks);
         board.publish()?;
+        let control = match control::serve(s, controls.clone(), shutdown.clone()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                log(&format!(
+                    "no control socket ({e}): pause, checkpoint and rescan need it"
+                ));
+                None
+            }
+        };
+        let metrics = match &config.metrics_listen {
+            Some(addr) => Some(serve_metrics(s, addr, controls.clone())?),
+            None => None,
+        };
         write_pid(&pid_file, &format!("{pid}\n"))
             .map_err(state(s.pid_path().display().to_string()))?;
-        let worker = Worker::new(config, board, shutdown.clone(), journal, writer, recorder);
+        board.fire(Event::Started);
+        let worker = Worker::new(
+            config,
+            board,
+            shutdown.clone(),
+            journal,
+            writer,
+            recorder,
+            controls.clone(),
+        );
         Ok(Monitor {
             session: s.clone(),
             shutdown,
+            controls,
             worker,
+            _control: control,
+            _metrics: metrics,
             _pid_file: pid_file,
         })
     }
@@ -121,6 +169,10 @@ impl Monitor {
         };
         let mut backoff = Duration::from_secs(1);
         while !self.shutdown.stopping() {
+            if self.controls.paused() {
+                self.pause();
+                continue;
+            }
             let rep = Worker::reporter();
             let result = self
                 .worker
@@ -136,7 +188,10 @@ impl Monitor {
                     r.close(outcome)
                 });
             let e = match result {
-                Ok(()) => break,
+                // Stopping or paused: the loop decides.
+                Ok(()) => continue,
+                // A stop (Ctrl-C included) may break the link on its way.
+                Err(_) if self.shutdown.stopping() => break,
                 Err(e) => e,
             };
             if self.worker.board.status.state == State::Active {
@@ -156,11 +211,10 @@ impl Monitor {
             if self.shutdown.sleep(backoff) {
                 break;
             }
-            // A batch that keeps failing may be one a targeted merge
-            // cannot apply (say, an entry the slave refuses in its
-            // current shape): let a whole crawl try from the top.
+            // A round that keeps failing may be one a targeted merge
+            // cannot apply: let a crawl try, paced between live changes.
             if backoff >= ESCALATE_AT {
-                self.worker.full_owed = true;
+                self.worker.crawl_needed();
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
@@ -174,11 +228,31 @@ impl Monitor {
         Ok(())
     }
 
+    /// Paused: the recorder journals on, nothing ships, no connection is
+    /// held; a checkpoint the slave already has still completes.
+    fn pause(&mut self) {
+        log("paused: recording changes, shipping nothing");
+        let st = &mut self.worker.board.status;
+        st.state = State::Paused;
+        st.crawl = None;
+        self.worker.publish();
+        while self.controls.paused() && !self.shutdown.stopping() {
+            self.worker.check_checkpoint();
+            self.shutdown
+                .wait(None, Instant::now() + Duration::from_secs(60));
+        }
+        if !self.shutdown.stopping() {
+            log("resumed");
+            self.worker.board.status.state = State::Initializing;
+            self.worker.publish();
+        }
+    }
+
     fn fault(&mut self, why: &str) {
         log(&format!("faulty: {why}"));
         let st = &mut self.worker.board.status;
         st.state = State::Faulty;
-        st.failures += 1;
+        st.faults += 1;
         st.last_error = Some(why.to_string());
         self.worker.publish();
     }
@@ -193,6 +267,38 @@ impl Monitor {
         ));
         while !self.shutdown.sleep(Duration::from_secs(3600)) {}
     }
+}
+
+/// Serves `/metrics` from the daemon's latest report and its journal.
+fn serve_metrics(
+    s: &Session,
+    addr: &str,
+    controls: Arc<Controls>,
+) -> Result<metrics::MetricsServer, Error> {
+    let journal = std::sync::Mutex::new(Journal::open(&s.journal_path())?);
+    let fallback = s.clone();
+    let snapshot = move || {
+        let report = controls.report.lock().unwrap().clone();
+        let Some(mut st) = report.or_else(|| Status::read(&fallback).ok()) else {
+            return metrics::Snapshot::default();
+        };
+        st.fill_from_journal(&journal.lock().unwrap(), true);
+        metrics::Snapshot {
+            session: st.session.clone(),
+            state: format!("{:?}", st.state),
+            last_synced: st.last_synced,
+            lag_seconds: st.lag_seconds,
+            pending_entry: st.pending.entry,
+            pending_data: st.pending.data,
+            pending_meta: st.pending.meta,
+            bytes_sent: st.bytes_sent,
+            files_synced: st.files_synced,
+            failures: st.failures,
+            parked: st.parked,
+            checkpoint_completed: st.checkpoint_time.map(|_| st.checkpoint_completed),
+        }
+    };
+    metrics::serve(addr, Arc::new(snapshot))
 }
 
 /// `georep start NAME`: runs the daemon in the background and returns once

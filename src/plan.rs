@@ -56,6 +56,23 @@ pub fn plan(batch: &[Change]) -> Option<Scope> {
     Some(Scope::Changes { renames, dirs })
 }
 
+/// A round over entries retried or rescanned on their own: each entry, and
+/// everything below it if it is a directory (the root: the whole tree).
+pub fn entries(paths: &[Vec<u8>]) -> Scope {
+    if paths.iter().any(|p| p.is_empty()) {
+        return Scope::Full;
+    }
+    let mut dirs = Vec::new();
+    for p in paths {
+        dirs.push(entry_of(p));
+        dirs.push((p.clone(), Reach::Tree));
+    }
+    Scope::Changes {
+        renames: Vec::new(),
+        dirs,
+    }
+}
+
 /// Whether the batch's latest rename (within `window_ns` of `now_ns`) may
 /// still be followed by events that belong with it: its other halves (Both
 /// comes last) or, for a directory (`is_dir` asks the source), changes
@@ -123,6 +140,22 @@ mod tests {
             Some(Scope::Changes { renames, dirs }) => (renames, dirs),
             other => panic!("expected a targeted scope, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn retried_entries_are_merged_whole() {
+        let Scope::Changes { renames, dirs } = entries(&[b"a/b".to_vec()]) else {
+            panic!("targeted")
+        };
+        assert!(renames.is_empty());
+        assert_eq!(
+            dirs,
+            vec![
+                (b"a".to_vec(), names(&[b"b"])),
+                (b"a/b".to_vec(), Reach::Tree)
+            ]
+        );
+        assert!(matches!(entries(&[Vec::new()]), Scope::Full));
     }
 
     fn names(v: &[&[u8]]) -> Reach {

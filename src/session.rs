@@ -10,6 +10,7 @@
 //! sessions/NAME/status.json   what the daemon last reported
 //! sessions/NAME/daemon.pid    pid, flock-ed while the daemon runs
 //! sessions/NAME/daemon.log    the daemon's log
+//! sessions/NAME/control.sock  the running daemon's control socket
 //! ```
 
 use std::io::Write;
@@ -136,6 +137,9 @@ impl Session {
     }
     pub fn log_path(&self) -> PathBuf {
         self.dir.join("daemon.log")
+    }
+    pub fn control_path(&self) -> PathBuf {
+        self.dir.join("control.sock")
     }
 
     /// The daemon's pid, if one is running and ready: it holds a lock on the

@@ -1,6 +1,7 @@
-//! The one thing the session worker waits on: a stop, a journal commit, or
-//! a deadline, whichever comes first. Signal handlers and the journal writer
-//! poke it; nothing naps in a loop.
+//! The one thing the session worker waits on: a stop, a journal commit, an
+//! operator's command, or a deadline, whichever comes first. Signal
+//! handlers, the journal writer and the control socket wake it; nothing
+//! naps in a loop.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -12,6 +13,8 @@ use crate::journal::CommitListener;
 pub enum Wake {
     Stop,
     Committed,
+    /// A command arrived (see `control::Controls`).
+    Poked,
     Deadline,
 }
 
@@ -19,6 +22,7 @@ pub enum Wake {
 struct Seen {
     stop: bool,
     committed: u64,
+    poked: bool,
 }
 
 #[derive(Default)]
@@ -55,12 +59,22 @@ impl Shutdown {
         self.seen.lock().unwrap().stop
     }
 
-    /// Waits until a stop, a commit past `past` (if given), or `deadline`.
+    /// Wakes the waiter to look at the commands (one waiter: the worker).
+    pub fn poke(&self) {
+        self.seen.lock().unwrap().poked = true;
+        self.cv.notify_all();
+    }
+
+    /// Waits until a stop, a command, a commit past `past` (if given), or
+    /// `deadline`.
     pub fn wait(&self, past: Option<u64>, deadline: Instant) -> Wake {
         let mut seen = self.seen.lock().unwrap();
         loop {
             if seen.stop {
                 return Wake::Stop;
+            }
+            if std::mem::take(&mut seen.poked) {
+                return Wake::Poked;
             }
             if past.is_some_and(|p| seen.committed > p) {
                 return Wake::Committed;
@@ -73,7 +87,8 @@ impl Shutdown {
         }
     }
 
-    /// Sleeps for `d` unless stopped first; returns whether it was stopped.
+    /// Sleeps for `d` unless stopped or poked first; returns whether it was
+    /// stopped.
     pub fn sleep(&self, d: Duration) -> bool {
         self.wait(None, Instant::now() + d) == Wake::Stop
     }
@@ -100,6 +115,9 @@ mod tests {
         let far = Instant::now() + Duration::from_secs(30);
         assert_eq!(s.wait(Some(4), far), Wake::Committed);
         h.join().unwrap();
+        assert_eq!(s.wait(Some(5), Instant::now()), Wake::Deadline);
+        s.poke();
+        assert_eq!(s.wait(Some(5), far), Wake::Poked);
         assert_eq!(s.wait(Some(5), Instant::now()), Wake::Deadline);
         s.stop();
         assert_eq!(s.wait(Some(0), far), Wake::Stop);

@@ -1,14 +1,18 @@
 //! What `georep status` shows: the state of a session, as the daemon last
 //! reported it and as the journal says now.
 
-use std::path::Path;
-
 use serde::{Deserialize, Serialize};
+
+use std::sync::{Arc, Mutex};
 
 use crate::config::SessionConfig;
 use crate::error::Error;
-use crate::journal::{self, Journal};
+use crate::hooks::{Event, HookEnv, Hooks};
+use crate::journal::{self, Failure, Journal};
 use crate::session::{write_atomic, Daemon, Session};
+
+/// Failed entries listed by `status NAME --json` (all are counted).
+const LISTED_FAILURES: usize = 100;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum State {
@@ -47,8 +51,32 @@ pub struct Status {
     pub last_synced: Option<f64>,
     pub lag_seconds: Option<f64>,
     pub pending: Pending,
+    /// Entries that failed to replicate and are still owed (parked ones
+    /// included), as gluster counts FAILURES.
     pub failures: u64,
+    /// Of those, the ones parked: retried by crawls and rescans only.
+    #[serde(default)]
+    pub parked: u64,
+    /// The oldest failed entries, with their last error.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_entries: Vec<Failure>,
+    /// Times the daemon went Faulty and retried.
+    #[serde(default)]
+    pub faults: u64,
+    /// Paused by the operator: recording, not shipping.
+    #[serde(default)]
+    pub paused: bool,
+    /// Unix seconds the checkpoint stands for.
+    #[serde(default)]
+    pub checkpoint_time: Option<f64>,
+    #[serde(default)]
+    pub checkpoint_completed: bool,
+    #[serde(default)]
+    pub checkpoint_completion_time: Option<f64>,
     pub files_synced: u64,
+    /// Changes shipped per second since the daemon started.
+    #[serde(default)]
+    pub rate: Option<f64>,
     pub bytes_sent: u64,
     pub last_error: Option<String>,
     pub source: String,
@@ -69,7 +97,15 @@ impl Status {
             lag_seconds: None,
             pending: Pending::default(),
             failures: 0,
+            parked: 0,
+            failed_entries: Vec::new(),
+            faults: 0,
+            paused: false,
+            checkpoint_time: None,
+            checkpoint_completed: false,
+            checkpoint_completion_time: None,
             files_synced: 0,
+            rate: None,
             bytes_sent: 0,
             last_error: None,
             source: c.source.display().to_string(),
@@ -109,50 +145,109 @@ impl Status {
             st.crawl = None;
         }
         if let Ok(j) = Journal::open_existing(&s.journal_path()) {
-            if let Ok((entry, data, meta)) = j.pending_by_kind() {
-                st.pending = Pending { entry, data, meta };
-            }
-            if let Ok(m) = j.marker() {
-                if m.time_ns > 0 {
-                    st.last_synced = Some(m.time_ns as f64 / 1e9);
-                }
-            }
-            st.lag_seconds = match j.oldest_pending_ns() {
-                Ok(Some(t)) => Some(((journal::now_ns() - t) as f64 / 1e9).max(0.0)),
-                Ok(None) if st.last_synced.is_some() => Some(0.0),
-                _ => None,
-            };
+            st.fill_from_journal(&j, st.pid.is_some());
         }
         Ok(st)
     }
-}
 
-/// Reads the status of every session (or one) for `georep status`.
-pub fn statuses(home: &Path, name: Option<&str>) -> Result<Vec<Status>, Error> {
-    match name {
-        Some(n) => Ok(vec![Status::read(&Session::open(home, n)?)?]),
-        None => Session::all(home).iter().map(Status::read).collect(),
+    /// Pending counts, lag, failures, pause and checkpoint as the journal
+    /// has them now. Without a running daemon the journal records nothing,
+    /// so an empty backlog says nothing about the lag: unknown.
+    pub fn fill_from_journal(&mut self, j: &Journal, running: bool) {
+        if let Ok((entry, data, meta)) = j.pending_by_kind() {
+            self.pending = Pending { entry, data, meta };
+        }
+        if let Ok(m) = j.marker() {
+            if m.time_ns > 0 {
+                self.last_synced = Some(m.time_ns as f64 / 1e9);
+            }
+        }
+        self.lag_seconds = match j.oldest_pending_ns() {
+            Ok(Some(t)) => Some(((journal::now_ns() - t) as f64 / 1e9).max(0.0)),
+            Ok(None) if running && self.last_synced.is_some() => Some(0.0),
+            _ => None,
+        };
+        if let Ok(c) = j.failure_count() {
+            self.failures = c.failed;
+            self.parked = c.parked;
+        }
+        self.failed_entries = j.failures(LISTED_FAILURES).unwrap_or_default();
+        self.paused = j.paused().unwrap_or(false);
+        if self.paused && running && self.state == State::Active {
+            self.state = State::Paused;
+        }
+        let cp = j.checkpoint().ok().flatten();
+        self.checkpoint_time = cp.map(|c| c.time);
+        self.checkpoint_completion_time = cp.and_then(|c| c.completed_at);
+        self.checkpoint_completed = self.checkpoint_completion_time.is_some();
     }
 }
 
-/// The daemon's copy of its status, published to `status.json`.
+/// Where the daemon's latest report is kept for its live readers (the
+/// control socket, the metrics endpoint).
+pub type Report = Arc<Mutex<Option<Status>>>;
+
+/// The daemon's copy of its status, published to `status.json` and to the
+/// control socket; the one place that turns state changes into events.
 pub struct Board {
     pub status: Status,
     path: std::path::PathBuf,
+    report: Report,
+    hooks: Hooks,
+    /// The state the last events were fired for.
+    announced: State,
 }
 
 impl Board {
-    pub fn new(session: &Session, status: Status) -> Board {
+    pub fn new(session: &Session, status: Status, report: Report, hooks: Hooks) -> Board {
         Board {
+            announced: status.state,
             status,
             path: session.status_path(),
+            report,
+            hooks,
         }
     }
 
     /// Writes the report for readers. No fsync: the journal's marker is what
     /// must survive a crash; a lost report is rewritten by the next round.
-    pub fn publish(&self) -> Result<(), Error> {
+    pub fn publish(&mut self) -> Result<(), Error> {
+        let (from, to) = (self.announced, self.status.state);
+        if from != to {
+            self.announced = to;
+            if from == State::Paused {
+                self.fire(Event::Resumed);
+            }
+            match (from, to) {
+                (State::Faulty, State::Active) => self.fire(Event::Recovered),
+                (_, State::Active) => self.fire(Event::Active),
+                (_, State::Passive) => self.fire(Event::Passive),
+                (_, State::Faulty) => self.fire(Event::Faulty),
+                (_, State::Paused) => self.fire(Event::Paused),
+                (_, State::Stopped) => self.fire(Event::Stopped),
+                _ => {}
+            }
+        }
+        *self.report.lock().unwrap() = Some(self.status.clone());
         let json = serde_json::to_vec_pretty(&self.status).expect("status serializes");
         write_atomic(&self.path, &json, false)
+    }
+
+    /// Runs the hooks for `event` with the status as it is now.
+    pub fn fire(&self, event: Event) {
+        let st = &self.status;
+        self.hooks.fire(
+            event,
+            HookEnv {
+                session: st.session.clone(),
+                state: format!("{:?}", st.state),
+                source: st.source.clone(),
+                target: st.target.clone(),
+                last_error: st.last_error.clone(),
+                checkpoint_time: st.checkpoint_time,
+                checkpoint_completed: st.checkpoint_time.map(|_| st.checkpoint_completed),
+                checkpoint_completion_time: st.checkpoint_completion_time,
+            },
+        );
     }
 }

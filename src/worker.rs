@@ -7,8 +7,13 @@
 //! Finished, so a crash at any point replays the unacked tail, and every
 //! round is idempotent. Later full crawls (periodic reconciliation, lost
 //! events) are taken in slices between live batches, so changes keep flowing
-//! while a large tree is compared. What to do when a round fails is the
-//! monitor's business.
+//! while a large tree is compared.
+//!
+//! An entry that fails does not hold back the changes behind it: it is
+//! recorded in the journal's failure table, the marker passes it, and it is
+//! retried on its own (then parked, retried by crawls and rescans) until it
+//! replicates. What to do when a whole round fails is the monitor's
+//! business.
 
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
@@ -17,9 +22,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::SessionConfig;
+use crate::control::Controls;
 use crate::error::Error;
+use crate::hooks::Event;
 use crate::journal::{self, Change, Journal, Marker, Writer};
-use crate::plan::{plan, unsettled};
+use crate::plan::{self, plan, unsettled};
 use crate::replicate::observe::{Observer, Reporter};
 use crate::replicate::{Crawl, Replicator, RoundOutcome, Scope};
 use crate::shutdown::{Shutdown, Wake};
@@ -57,11 +64,27 @@ pub struct Worker {
     crawl: Option<Crawl>,
     /// Another paced crawl is owed once the current one (if any) ends.
     crawl_owed: bool,
-    /// A whole crawl is owed: at start, and after a batch kept failing.
+    /// Some changes are known only to a crawl (lost events, a hard-link
+    /// group a targeted round could not see whole): owed, or being crawled.
+    /// A checkpoint cannot complete meanwhile; a periodic crawl holds none.
+    needed_owed: bool,
+    needed_running: bool,
+    /// When the crawl in progress started (ns): failures older than that
+    /// and not seen again by it are gone.
+    crawl_started_ns: i64,
+    /// The start-up crawl is owed (every start: changes made while no
+    /// daemon ran are in no journal).
     pub full_owed: bool,
     /// Bytes sent over connections already closed.
     bytes_before: u64,
+    controls: Arc<Controls>,
+    /// Journal changes shipped since the daemon started, for the rate.
+    shipped: u64,
+    started: Instant,
 }
+
+/// Failed entries retried in one round.
+const RETRY_BATCH: usize = 256;
 
 impl Worker {
     pub fn new(
@@ -71,6 +94,7 @@ impl Worker {
         journal: Journal,
         writer: Writer,
         recorder: Option<Recorder>,
+        controls: Arc<Controls>,
     ) -> Worker {
         Worker {
             config,
@@ -82,8 +106,14 @@ impl Worker {
             last_full: Instant::now(),
             crawl: None,
             crawl_owed: false,
+            needed_owed: false,
+            needed_running: false,
+            crawl_started_ns: 0,
             full_owed: true,
             bytes_before: 0,
+            controls,
+            shipped: 0,
+            started: Instant::now(),
         }
     }
 
@@ -109,10 +139,16 @@ impl Worker {
     }
 
     fn serve_rounds(&mut self, r: &mut Replicator, rep: &Arc<Reporter>) -> Result<(), Error> {
+        if !self.full_owed {
+            // Reconnected (after a fault, or resumed): the link works.
+            self.synced(rep, r);
+        }
         loop {
-            if self.shutdown.stopping() {
+            // Paused or stopping: the monitor decides what comes next.
+            if self.shutdown.stopping() || self.controls.paused() {
                 return Ok(());
             }
+            self.check_checkpoint();
             let mut interval = self.config.full_crawl_interval;
             if self.recorder.is_none() || self.board.status.watch_limit {
                 // Not (fully) watched: crawls are all that sees changes.
@@ -125,20 +161,41 @@ impl Worker {
                 self.full_round(r, rep)?;
                 continue;
             }
+            let mut subtrees = Vec::new();
+            for path in self.controls.take_rescans() {
+                if path.is_empty() {
+                    log("rescan: crawling the whole tree between live changes");
+                    self.crawl_owed = true;
+                } else {
+                    subtrees.push(path);
+                }
+            }
+            if !subtrees.is_empty() {
+                self.entries_round(r, rep, &subtrees, "rescan")?;
+                continue;
+            }
             if self.crawl.is_none() && std::mem::take(&mut self.crawl_owed) {
                 log("reconciling: crawling the whole tree between live changes");
                 self.crawl = Some(Crawl::new());
+                self.crawl_started_ns = journal::now_ns();
+                self.needed_running = std::mem::take(&mut self.needed_owed);
                 self.last_full = Instant::now();
             }
             if self.crawl.is_some() && !self.live_due() {
                 self.crawl_slice(r, rep)?;
                 continue;
             }
+            let due = self.journal.due_failures(RETRY_BATCH)?;
+            if !due.is_empty() && !self.live_due() {
+                self.entries_round(r, rep, &due, "retry")?;
+                continue;
+            }
             let marker = self.journal.marker()?;
             let batch = self.gather(marker.seq)?;
             let Some(last) = batch.last() else {
-                // Woken by the writer's next commit; the deadline keeps the
-                // loop's other duties (crawl schedule) going.
+                // Woken by the writer's next commit or a command; the
+                // deadline keeps the loop's other duties (crawl schedule,
+                // retries) going.
                 let deadline = Instant::now() + Duration::from_millis(500);
                 self.shutdown.wait(Some(marker.seq), deadline);
                 continue;
@@ -149,8 +206,9 @@ impl Worker {
             };
             match plan(&batch) {
                 Some(scope) => {
-                    let outcome = counted(rep, || r.round(&scope))?;
-                    self.crawl_owed |= outcome.needs_full;
+                    if self.round(r, rep, &scope, ack.seq)?.needs_full {
+                        self.crawl_needed();
+                    }
                 }
                 // Events were lost (a queue overflow): only a crawl finds
                 // what they were. Later changes keep flowing meanwhile. The
@@ -158,14 +216,72 @@ impl Worker {
                 // since a crawl is owed until it does, and every start crawls.
                 None => {
                     log("events were lost (inotify queue overflow): reconciling with a crawl");
-                    self.crawl_owed = true;
+                    self.crawl_needed();
                 }
             }
             self.journal.ack(ack)?;
+            self.shipped += batch.len() as u64;
             let retention = Duration::from_secs(self.config.journal_retention);
             let _ = self.journal.trim(retention);
             self.synced(rep, r);
         }
+    }
+
+    pub fn crawl_needed(&mut self) {
+        self.crawl_owed = true;
+        self.needed_owed = true;
+    }
+
+    /// Runs a round whose changes reach up to journal position `seq`; the
+    /// entries that failed in it are recorded to be retried on their own,
+    /// so the round counts as done. Too many to list: the round failed.
+    fn round(
+        &mut self,
+        r: &mut Replicator,
+        rep: &Reporter,
+        scope: &Scope,
+        seq: u64,
+    ) -> Result<RoundOutcome, Error> {
+        rep.take_failures();
+        let before = rep.counters.errors.load(Relaxed);
+        let outcome = r.round(scope)?;
+        self.settle(rep, before, seq)?;
+        Ok(outcome)
+    }
+
+    /// Records what failed since the error count was `before`.
+    fn settle(&mut self, rep: &Reporter, before: u64, seq: u64) -> Result<(), Error> {
+        match rep.take_failures() {
+            Some(failed) if failed.is_empty() => Ok(()),
+            Some(failed) => Ok(self.journal.record_failures(&failed, seq)?),
+            None => Err(Error::Partial {
+                failed: rep.counters.errors.load(Relaxed) - before,
+            }),
+        }
+    }
+
+    /// Failed entries retried, or subtrees rescanned, on their own: each
+    /// leaves the failure table unless it (or something below) fails again.
+    fn entries_round(
+        &mut self,
+        r: &mut Replicator,
+        rep: &Reporter,
+        paths: &[Vec<u8>],
+        why: &str,
+    ) -> Result<(), Error> {
+        let started = journal::now_ns();
+        let seq = self.journal.marker()?.seq;
+        if why == "rescan" {
+            for p in paths {
+                log(&format!("rescan: {}", String::from_utf8_lossy(p)));
+            }
+        }
+        self.round(r, rep, &plan::entries(paths), seq)?;
+        for p in paths {
+            self.journal.clear_failures_under(p, started)?;
+        }
+        self.synced(rep, r);
+        Ok(())
     }
 
     /// The start-up (or recovery) crawl, whole: everything recorded before
@@ -178,7 +294,9 @@ impl Worker {
         self.publish();
         log("crawling the whole tree");
         let started = Instant::now();
-        counted(rep, || r.round(&Scope::Full))?;
+        let started_ns = journal::now_ns();
+        self.round(r, rep, &Scope::Full, upto)?;
+        self.journal.clear_failures_under(b"", started_ns)?;
         log(&format!(
             "crawled in {:.1} s: {} files sent so far",
             started.elapsed().as_secs_f64(),
@@ -190,14 +308,20 @@ impl Worker {
         })?;
         self.crawl = None;
         self.crawl_owed = false;
+        self.needed_owed = false;
+        self.needed_running = false;
         self.full_owed = false;
         self.last_full = Instant::now();
         self.synced(rep, r);
         Ok(())
     }
 
-    /// Whether a live change has waited a batch delay (a crawl yields to it).
+    /// Whether a live change has waited a batch delay (a crawl yields to
+    /// it), or the operator wants the worker's attention.
     fn live_due(&self) -> bool {
+        if self.controls.paused() || self.shutdown.stopping() {
+            return true;
+        }
         let oldest = self.journal.oldest_pending_ns().ok().flatten();
         let delay = self.config.batch_delay().as_nanos() as i64;
         oldest.is_some_and(|t| journal::now_ns() - t >= delay)
@@ -214,21 +338,33 @@ impl Worker {
                 self.live_due()
             }
         };
-        let outcome = match counted(rep, || r.crawl_slice(&mut crawl, &yield_now)) {
+        let before = rep.counters.errors.load(Relaxed);
+        rep.take_failures();
+        let outcome = r.crawl_slice(&mut crawl, &yield_now);
+        let outcome = match outcome.and_then(|o| {
+            let seq = self.journal.last_seq()?;
+            self.settle(rep, before, seq).map(|_| o)
+        }) {
             Ok(o) => o,
             Err(e) => {
                 // What the failed slice walked is lost with it: start over.
                 self.crawl_owed = true;
+                self.needed_owed |= std::mem::take(&mut self.needed_running);
                 return Err(e);
             }
         };
-        self.crawl_owed |= outcome.needs_full;
+        if outcome.needs_full {
+            self.crawl_needed();
+        }
         if crawl.done() {
             log(&format!(
                 "reconciled in {:.1} s, {} slice(s)",
                 self.last_full.elapsed().as_secs_f64(),
                 crawl.slices
             ));
+            self.journal
+                .clear_failures_under(b"", self.crawl_started_ns)?;
+            self.needed_running = false;
         } else {
             self.crawl = Some(crawl);
         }
@@ -257,7 +393,10 @@ impl Worker {
             // A new commit may end the quiet early; read again either way.
             let last = batch.last().expect("non-empty").seq;
             let until = Instant::now() + (delay - age).min(quiet - idle);
-            if self.shutdown.wait(Some(last), until) == Wake::Stop {
+            if matches!(
+                self.shutdown.wait(Some(last), until),
+                Wake::Stop | Wake::Poked
+            ) {
                 break;
             }
             batch = read()?;
@@ -297,7 +436,41 @@ impl Worker {
         st.last_error = None;
         st.files_synced = rep.counters.files_transferred.load(Relaxed);
         st.bytes_sent = self.bytes_before + r.traffic().0;
+        st.rate = Some(self.shipped as f64 / self.started.elapsed().as_secs_f64().max(1e-3));
         self.publish();
+    }
+
+    /// Completes the checkpoint once every change recorded before it is
+    /// durably on the slave: the marker is past it, no entry that failed
+    /// at or before it is still owed, and no crawl is owed for changes
+    /// only a crawl can see.
+    pub fn check_checkpoint(&mut self) {
+        let Some(cp) = self.controls.checkpoint() else {
+            return;
+        };
+        if cp.completed_at.is_some()
+            || self.full_owed
+            || self.needed_owed
+            || self.needed_running
+            || !self.journal.marker().is_ok_and(|m| m.seq >= cp.seq)
+            || self.journal.failures_at_or_before(cp.seq).unwrap_or(true)
+        {
+            return;
+        }
+        let now = journal::now_ns() as f64 / 1e9;
+        match self.controls.complete_checkpoint(&self.journal, cp, now) {
+            Ok(Some(done)) => {
+                log(&format!("checkpoint of {:.3} completed", done.time));
+                let st = &mut self.board.status;
+                st.checkpoint_time = Some(done.time);
+                st.checkpoint_completed = true;
+                st.checkpoint_completion_time = done.completed_at;
+                self.publish();
+                self.board.fire(Event::CheckpointCompleted);
+            }
+            Ok(None) => {}
+            Err(e) => log(&format!("recording the checkpoint: {e}")),
+        }
     }
 
     /// Stops recording and flushes the journal writer.
@@ -306,19 +479,5 @@ impl Worker {
         if let Some(w) = self.writer.take() {
             let _ = w.finish();
         }
-    }
-}
-
-/// Runs a round and fails it if any entry failed: such a round is retried,
-/// never acked, so the marker never skips a change.
-fn counted(
-    rep: &Reporter,
-    round: impl FnOnce() -> Result<RoundOutcome, Error>,
-) -> Result<RoundOutcome, Error> {
-    let before = rep.counters.errors.load(Relaxed);
-    let outcome = round()?;
-    match rep.counters.errors.load(Relaxed) - before {
-        0 => Ok(outcome),
-        failed => Err(Error::Partial { failed }),
     }
 }

@@ -2,10 +2,12 @@
 //! options the library trusts (ripgrep's two stages). One module per
 //! user-level command; all terminal output lives under cli/.
 
+mod control;
 mod output;
 mod session;
 mod slave;
 mod sync;
+mod table;
 
 use std::path::PathBuf;
 
@@ -55,7 +57,30 @@ pub enum Command {
         name: Option<String>,
         #[arg(long)]
         json: bool,
+        /// gluster's `status detail` columns, with lag, rate and ETA.
+        #[arg(long, conflicts_with = "json")]
+        detail: bool,
     },
+    /// Stop shipping changes; they are still journaled (kept across restarts).
+    Pause { name: String },
+    /// Ship again, starting with what was journaled while paused.
+    Resume { name: String },
+    /// Mark now (or a past Unix time) in the journal; it completes once every
+    /// change recorded before it is on the slave.
+    Checkpoint {
+        name: String,
+        /// `now` or a Unix time in the past.
+        #[arg(value_name = "now|UNIX_TIME")]
+        at: Option<String>,
+        /// Wait until it completes (exit 30 on --timeout).
+        #[arg(long)]
+        wait: bool,
+        /// Seconds to wait at most.
+        #[arg(long, requires = "wait", value_name = "S")]
+        timeout: Option<f64>,
+    },
+    /// Crawl the tree (or the subtree at PATH) now, between live changes.
+    Rescan { name: String, path: Option<PathBuf> },
     /// Show or change a session's configuration (takes effect at next start).
     Config {
         name: String,
@@ -235,7 +260,24 @@ pub fn run(cli: Cli) -> Exit {
             force,
         } => session::start(&home(), &name, foreground, force),
         Command::Stop { name } => report(session::stop(&home(), &name)),
-        Command::Status { name, json } => report(session::status(&home(), name.as_deref(), json)),
+        Command::Status { name, json, detail } => {
+            report(session::status(&home(), name.as_deref(), json, detail))
+        }
+        Command::Pause { name } => report(control::pause(&home(), &name, true)),
+        Command::Resume { name } => report(control::pause(&home(), &name, false)),
+        Command::Checkpoint {
+            name,
+            at,
+            wait,
+            timeout,
+        } => report(control::checkpoint(
+            &home(),
+            &name,
+            at.as_deref(),
+            wait,
+            timeout,
+        )),
+        Command::Rescan { name, path } => report(control::rescan(&home(), &name, path.as_deref())),
         Command::Config {
             name,
             key,

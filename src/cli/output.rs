@@ -1,5 +1,5 @@
-//! Everything georep draws on a terminal: the progress bar, `-v` lines,
-//! error lines, and the status table.
+//! What `georep sync` draws on a terminal: the progress bar, `-v` lines
+//! and error lines.
 
 use std::io::{IsTerminal, Write};
 
@@ -7,7 +7,6 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::confine::show;
 use crate::replicate::observe::Observer;
-use crate::status::Status;
 
 /// `georep sync`'s observer: `-v` lines, errors on stderr, a progress bar
 /// when stderr is a terminal.
@@ -84,43 +83,6 @@ impl Observer for Terminal {
     fn finish(&self) {
         if let Some(b) = &self.bar {
             b.finish_and_clear();
-        }
-    }
-}
-
-/// The human table, in the spirit of gluster's `status detail`.
-pub fn print_status_table(list: &[Status]) {
-    println!(
-        "{:<16} {:<12} {:<10} {:>8} {:>20} {:>9} {:>17} {:>8}  SOURCE -> TARGET",
-        "SESSION", "STATE", "CRAWL", "PID", "LAST SYNCED", "LAG (s)", "PENDING e/d/m", "FAILURES"
-    );
-
-    for s in list {
-        let last = s
-            .last_synced
-            .map(|t| format!("{t:.0}"))
-            .unwrap_or_else(|| "-".into());
-        let lag = s
-            .lag_seconds
-            .map(|l| format!("{l:.2}"))
-            .unwrap_or_else(|| "-".into());
-        println!(
-            "{:<16} {:<12} {:<10} {:>8} {:>20} {:>9} {:>17} {:>8}  {} -> {}",
-            s.session,
-            format!("{:?}", s.state),
-            s.crawl
-                .map(|c| format!("{c:?}"))
-                .unwrap_or_else(|| "-".into()),
-            s.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-            last,
-            lag,
-            format!("{}/{}/{}", s.pending.entry, s.pending.data, s.pending.meta),
-            s.failures,
-            s.source,
-            s.target
-        );
-        if let Some(e) = &s.last_error {
-            println!("{:<16} last error: {e}", "");
         }
     }
 }

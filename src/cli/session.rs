@@ -2,14 +2,13 @@
 
 use std::path::Path;
 
-use super::output::print_status_table;
+use super::table::{print_status_detail, print_status_table};
 use super::CreateArgs;
 use crate::config::SessionConfig;
 use crate::error::Exit;
 use crate::error::{Error, Result};
 use crate::monitor;
 use crate::session::Session;
-use crate::status;
 
 pub fn create(home: &Path, a: &CreateArgs) -> Result<()> {
     let mut c = SessionConfig::new(a.source.clone(), a.target.clone());
@@ -38,11 +37,22 @@ pub fn start(home: &Path, name: &str, foreground: bool, force: bool) -> Exit {
 }
 
 pub fn stop(home: &Path, name: &str) -> Result<()> {
-    monitor::stop(&Session::open(home, name)?)
+    let s = Session::open(home, name)?;
+    if s.daemon() == crate::session::Daemon::None {
+        return Err(Error::Session(format!("session {name:?} is not running")));
+    }
+    monitor::stop(&s)
 }
 
-pub fn status(home: &Path, name: Option<&str>, json: bool) -> Result<()> {
-    let list = status::statuses(home, name)?;
+pub fn status(home: &Path, name: Option<&str>, json: bool, detail: bool) -> Result<()> {
+    let sessions = match name {
+        Some(n) => vec![Session::open(home, n)?],
+        None => Session::all(home),
+    };
+    let list = sessions
+        .iter()
+        .map(crate::control::status)
+        .collect::<Result<Vec<_>>>()?;
     if json {
         let out = if name.is_some() {
             serde_json::to_string_pretty(&list[0])
@@ -50,6 +60,8 @@ pub fn status(home: &Path, name: Option<&str>, json: bool) -> Result<()> {
             serde_json::to_string_pretty(&list)
         };
         println!("{}", out.expect("status serializes"));
+    } else if detail {
+        print_status_detail(&list);
     } else {
         print_status_table(&list);
     }

@@ -12,7 +12,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
+mod control;
+mod failures;
 mod writer;
+pub use control::Checkpoint;
+pub use failures::{Failure, FailureCount, PARK_AFTER};
 pub use writer::{CommitListener, Committed, Writer};
 
 /// What happened to a path. Stored as an integer; never renumber.
@@ -154,6 +158,8 @@ impl Journal {
              );
              INSERT OR IGNORE INTO marker (id, seq, time_ns) VALUES (1, 0, 0);",
         )
+        .and_then(|_| conn.execute_batch(Self::CONTROL_SCHEMA))
+        .and_then(|_| conn.execute_batch(Self::FAILURES_SCHEMA))
         .map_err(err)?;
         conn.set_prepared_statement_cache_capacity(16);
         Ok(Journal { conn, path: shown })

@@ -212,7 +212,7 @@ fn recv_loop(reader: Box<dyn Read + Send>, s: &Shared, reporter: &Reporter) {
             | Msg::BarrierAck { id }
             | Msg::Verified { id, .. } => (*id, true),
             Msg::OpError { path, message } => {
-                reporter.error(&format!("{}: {message}", show(path)));
+                reporter.error(path, &format!("{}: {message}", show(path)));
                 continue;
             }
             Msg::Fatal { code, message } => {

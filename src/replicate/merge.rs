@@ -129,7 +129,7 @@ impl Planner<'_> {
             ));
         } else {
             self.rep
-                .error(&format!("cannot read directory {}: {e}", show(rel)));
+                .error(rel, &format!("cannot read directory {}: {e}", show(rel)));
         }
         Ok(Vec::new())
     }

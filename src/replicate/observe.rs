@@ -67,7 +67,20 @@ pub struct Reporter {
     pub started: Instant,
     /// The latest entry failure, for a status line.
     last_error: Mutex<Option<String>>,
+    /// Which entries failed and why, for a caller that retries them.
+    failed: Mutex<Failed>,
 }
+
+/// The entries that failed since the last [`Reporter::take_failures`],
+/// up to [`MAX_TRACKED_FAILURES`] of them.
+#[derive(Default)]
+struct Failed {
+    entries: Vec<(Vec<u8>, String)>,
+    overflowed: bool,
+}
+
+/// Beyond this many failed entries a caller cannot retry them one by one.
+pub const MAX_TRACKED_FAILURES: usize = 10_000;
 
 impl Reporter {
     pub fn new(observer: Box<dyn Observer>) -> Reporter {
@@ -76,6 +89,7 @@ impl Reporter {
             observer,
             started: Instant::now(),
             last_error: Mutex::default(),
+            failed: Mutex::default(),
         }
     }
 
@@ -83,11 +97,27 @@ impl Reporter {
         self.observer.item(tag, path);
     }
 
-    /// A failure of one entry: counted, told, the run goes on.
-    pub fn error(&self, msg: &str) {
+    /// A failure of the entry at `path`: counted, told, remembered; the
+    /// run goes on.
+    pub fn error(&self, path: &[u8], msg: &str) {
         self.counters.errors.fetch_add(1, Relaxed);
         *self.last_error.lock().unwrap() = Some(msg.to_string());
+        {
+            let mut f = self.failed.lock().unwrap();
+            if f.entries.len() < MAX_TRACKED_FAILURES {
+                f.entries.push((path.to_vec(), msg.to_string()));
+            } else {
+                f.overflowed = true;
+            }
+        }
         self.observer.error(msg);
+    }
+
+    /// The entries that failed since the last call, with their errors; None
+    /// if there were too many to list.
+    pub fn take_failures(&self) -> Option<Vec<(Vec<u8>, String)>> {
+        let f = std::mem::take(&mut *self.failed.lock().unwrap());
+        (!f.overflowed).then_some(f.entries)
     }
 
     /// The latest entry failure reported with [`Reporter::error`].

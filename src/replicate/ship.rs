@@ -107,16 +107,19 @@ pub fn run(conn: &Conn, job: DataJob, o: JobOpts, rep: &Reporter, v: &Verdicts) 
                 return Ok(());
             }
             Err(JobError::File(e)) => {
-                rep.error(&format!("cannot send {}: {e}", show(&job.rel)));
+                rep.error(&job.rel, &format!("cannot send {}: {e}", show(&job.rel)));
                 return Ok(());
             }
             Err(JobError::Conn(e)) => return Err(e),
         }
     }
-    rep.error(&format!(
-        "{}: changed every time it was read; not sent",
-        show(&job.rel)
-    ));
+    rep.error(
+        &job.rel,
+        &format!(
+            "{}: changed every time it was read; not sent",
+            show(&job.rel)
+        ),
+    );
     Ok(())
 }
 

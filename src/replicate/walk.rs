@@ -246,10 +246,13 @@ impl<'a> Planner<'a> {
                 if self.targeted {
                     self.needs_full = true;
                 } else {
-                    self.rep.error(&format!(
-                        "{}: vanished from the target during the run",
-                        show(&task.rel)
-                    ));
+                    self.rep.error(
+                        &task.rel,
+                        &format!(
+                            "{}: vanished from the target during the run",
+                            show(&task.rel)
+                        ),
+                    );
                 }
                 continue;
             }

@@ -135,7 +135,7 @@ georep_test!(
         let until = Instant::now() + Duration::from_secs(4);
         while Instant::now() < until {
             let st = s.status();
-            assert_eq!(st["failures"], 1, "retried a permanent error: {st}");
+            assert_eq!(st["faults"], 1, "retried a permanent error: {st}");
             assert!(
                 s.daemon_pid().is_some(),
                 "the daemon waits for the operator"

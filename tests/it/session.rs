@@ -269,8 +269,10 @@ georep_test!(session_initial_sync_then_active, |t: TestDir| {
     let st = s.status();
     assert_eq!(st["state"], "Stopped", "{st}");
     assert!(st["pid"].is_null(), "{st}");
-    // Stopping a stopped session succeeds.
-    s.run(&["stop", "initial"]).assert_code(0);
+    // Stopping a stopped session says so.
+    let run = s.run(&["stop", "initial"]);
+    run.assert_code(EXIT_SESSION);
+    assert!(run.stderr.contains("not running"), "{run}");
     assert_converged(&s);
 });
 
@@ -1148,8 +1150,8 @@ georep_test!(session_status_config_delete, |t: TestDir| {
     assert_eq!(st["session"], "cfg", "{st}");
     assert_eq!(st["state"], "Created", "{st}");
     assert!(st["pid"].is_null(), "{st}");
-    // Stopping a session that never ran succeeds.
-    s.run(&["stop", "cfg"]).assert_code(0);
+    // Stopping a session that never ran says so.
+    s.run(&["stop", "cfg"]).assert_code(EXIT_SESSION);
 
     // config: get, set, reset.
     assert_eq!(s.config_get("batch_delay_ms"), "250");
@@ -1237,7 +1239,7 @@ georep_test!(session_status_config_delete, |t: TestDir| {
         "a refused delete stopped the daemon"
     );
     s.stop();
-    s.run(&["stop", "cfg"]).assert_code(0);
+    s.run(&["stop", "cfg"]).assert_code(EXIT_SESSION);
     assert_converged(&s);
     s.run(&["delete", "cfg"]).assert_code(0);
     assert_absent(&s.dir());

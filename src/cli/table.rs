@@ -1,0 +1,139 @@
+//! `georep status` for people: the short table and gluster's `status
+//! detail` columns, with times in local time and ages.
+
+use chrono::{Local, TimeZone};
+
+use crate::journal;
+use crate::status::Status;
+
+/// A Unix time as local date-time with its age: "2026-12-02 10:41:07 (3 s ago)".
+fn when(t: Option<f64>) -> String {
+    let Some(t) = t else { return "-".into() };
+    let local = Local
+        .timestamp_opt(t as i64, 0)
+        .single()
+        .map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|| format!("{t:.0}"));
+    let now = journal::now_ns() as f64 / 1e9;
+    format!("{local} ({} ago)", age(now - t))
+}
+
+fn age(secs: f64) -> String {
+    let s = secs.max(0.0) as u64;
+    match s {
+        0..=119 => format!("{s} s"),
+        120..=7199 => format!("{} min", s / 60),
+        7200..=172_799 => format!("{} h", s / 3600),
+        _ => format!("{} d", s / 86_400),
+    }
+}
+
+fn lag(s: &Status) -> String {
+    s.lag_seconds
+        .map(|l| format!("{l:.2}"))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn crawl(s: &Status) -> String {
+    s.crawl
+        .map(|c| format!("{c:?}"))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn state(s: &Status) -> String {
+    match s.state {
+        crate::status::State::Stopped if s.paused => "Stopped (paused)".into(),
+        st => format!("{st:?}"),
+    }
+}
+
+/// The short table.
+pub fn print_status_table(list: &[Status]) {
+    println!(
+        "{:<16} {:<12} {:<10} {:>8} {:<31} {:>9} {:>15} {:>8}  SOURCE -> TARGET",
+        "SESSION", "STATE", "CRAWL", "PID", "LAST SYNCED", "LAG (s)", "PENDING e/d/m", "FAILURES"
+    );
+    for s in list {
+        println!(
+            "{:<16} {:<12} {:<10} {:>8} {:<31} {:>9} {:>15} {:>8}  {} -> {}",
+            s.session,
+            state(s),
+            crawl(s),
+            s.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            when(s.last_synced),
+            lag(s),
+            format!("{}/{}/{}", s.pending.entry, s.pending.data, s.pending.meta),
+            s.failures,
+            s.source,
+            s.target
+        );
+        if let Some(e) = &s.last_error {
+            println!("{:<16} last error: {e}", "");
+        }
+    }
+}
+
+/// gluster's `status detail`, one block per session, plus lag, rate and
+/// the backlog's ETA.
+pub fn print_status_detail(list: &[Status]) {
+    let node = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    for (i, s) in list.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        let pending = s.pending.entry + s.pending.data + s.pending.meta;
+        // The rate the session has shipped at since it started, for an ETA.
+        let rate = s
+            .rate
+            .filter(|r| *r > 0.0)
+            .map(|r| format!("{r:.1} changes/s"))
+            .unwrap_or_else(|| "-".into());
+        let eta = match (pending, s.rate) {
+            (0, _) => "-".into(),
+            (n, Some(r)) if r > 0.0 => age(n as f64 / r),
+            _ => "unknown".into(),
+        };
+        let rows: [(&str, String); 17] = [
+            ("SESSION", s.session.clone()),
+            ("MASTER NODE", node.clone()),
+            ("MASTER PATH", s.source.clone()),
+            ("SLAVE", s.target.clone()),
+            ("STATUS", state(s)),
+            ("CRAWL STATUS", crawl(s)),
+            ("LAST SYNCED", when(s.last_synced)),
+            ("ENTRY", s.pending.entry.to_string()),
+            ("DATA", s.pending.data.to_string()),
+            ("META", s.pending.meta.to_string()),
+            ("FAILURES", format!("{} ({} parked)", s.failures, s.parked)),
+            ("CHECKPOINT TIME", when(s.checkpoint_time)),
+            (
+                "CHECKPOINT COMPLETED",
+                match s.checkpoint_time {
+                    None => "-".into(),
+                    Some(_) if s.checkpoint_completed => "Yes".into(),
+                    Some(_) => "No".into(),
+                },
+            ),
+            (
+                "CHECKPOINT COMPLETION TIME",
+                when(s.checkpoint_completion_time),
+            ),
+            ("LAG (s)", lag(s)),
+            ("RATE", rate),
+            ("ETA", eta),
+        ];
+        for (k, v) in rows {
+            println!("{k:<27} {v}");
+        }
+        if let Some(e) = &s.last_error {
+            println!("{:<27} {e}", "LAST ERROR");
+        }
+        for f in s.failed_entries.iter().take(10) {
+            let parked = if f.parked { "parked" } else { "retrying" };
+            println!("{:<27} {} ({parked}): {}", "FAILED ENTRY", f.path, f.error);
+        }
+    }
+}

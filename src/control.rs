@@ -1,0 +1,362 @@
+//! The control socket (`sessions/NAME/control.sock`, docs/CONTROL.md): how
+//! the CLI asks a running daemon for its live status and tells it to pause,
+//! resume, checkpoint, rescan or stop. One JSON request per line, one JSON
+//! reply per line. Only the daemon's own user (or root) may connect.
+//!
+//! The daemon's side records each request durably (pause and checkpoint
+//! live in the journal) before it replies, then wakes the worker through
+//! [`Shutdown::poke`]; the worker reads [`Controls`] at its next turn.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::journal::{Checkpoint, Journal};
+use crate::session::{Daemon, Session};
+use crate::shutdown::Shutdown;
+use crate::status::{Report, Status};
+
+/// Longest request line accepted.
+const MAX_REQUEST: u64 = 64 * 1024;
+/// How long either side waits for the other.
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "lowercase")]
+pub enum Request {
+    Status,
+    Pause,
+    Resume,
+    /// At `time` (Unix seconds; now if absent).
+    Checkpoint {
+        #[serde(default)]
+        time: Option<f64>,
+    },
+    /// Crawl the tree, or the subtree at `path` (bytes, relative to the source).
+    Rescan {
+        #[serde(default)]
+        path: Option<Vec<u8>>,
+    },
+    Stop,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Reply {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Box<Status>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<Checkpoint>,
+}
+
+impl Reply {
+    fn ok() -> Reply {
+        Reply {
+            ok: true,
+            error: None,
+            status: None,
+            checkpoint: None,
+        }
+    }
+    fn error(msg: String) -> Reply {
+        Reply {
+            ok: false,
+            error: Some(msg),
+            ..Reply::ok()
+        }
+    }
+}
+
+/// What the operator asked that the worker has yet to act on, and the
+/// daemon's latest status for readers.
+#[derive(Default)]
+pub struct Controls {
+    paused: AtomicBool,
+    rescans: Mutex<Vec<Vec<u8>>>,
+    checkpoint: Mutex<Option<Checkpoint>>,
+    /// The daemon's latest report (the board's copy).
+    pub report: Report,
+}
+
+impl Controls {
+    pub fn new(paused: bool, checkpoint: Option<Checkpoint>) -> Arc<Controls> {
+        let c = Controls::default();
+        c.paused.store(paused, SeqCst);
+        *c.checkpoint.lock().unwrap() = checkpoint;
+        Arc::new(c)
+    }
+
+    pub fn paused(&self) -> bool {
+        self.paused.load(SeqCst)
+    }
+
+    /// Subtrees to rescan (an empty path: the whole tree), taken once.
+    pub fn take_rescans(&self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.rescans.lock().unwrap())
+    }
+
+    pub fn checkpoint(&self) -> Option<Checkpoint> {
+        *self.checkpoint.lock().unwrap()
+    }
+
+    /// Records a new checkpoint, durably first.
+    pub fn set_checkpoint(&self, j: &Journal, c: Checkpoint) -> Result<(), Error> {
+        let mut cur = self.checkpoint.lock().unwrap();
+        j.set_checkpoint(&c)?;
+        *cur = Some(c);
+        Ok(())
+    }
+
+    /// Marks `expected` completed, unless a newer checkpoint replaced it
+    /// meanwhile; returns the completed one.
+    pub fn complete_checkpoint(
+        &self,
+        j: &Journal,
+        expected: Checkpoint,
+        at: f64,
+    ) -> Result<Option<Checkpoint>, Error> {
+        let mut cur = self.checkpoint.lock().unwrap();
+        if *cur != Some(expected) {
+            return Ok(None);
+        }
+        let done = Checkpoint {
+            completed_at: Some(at),
+            ..expected
+        };
+        j.set_checkpoint(&done)?;
+        *cur = Some(done);
+        Ok(Some(done))
+    }
+}
+
+/// The daemon's end: a thread serving the socket until the process exits.
+pub struct Server {
+    path: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Binds the session's socket (0600, in the session's private directory)
+/// and serves it from a thread of its own.
+pub fn serve(
+    session: &Session,
+    controls: Arc<Controls>,
+    shutdown: Arc<Shutdown>,
+) -> Result<Server, Error> {
+    let path = session.control_path();
+    // A socket left by a daemon that died; the session lock is ours.
+    if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket()) {
+        let _ = std::fs::remove_file(&path);
+    }
+    let shown = || path.display().to_string();
+    let listener = with_short_path(&path, |p| {
+        let l = UnixListener::bind(p)?;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600))?;
+        Ok(l)
+    })
+    .map_err(|e| Error::io(shown(), e))?;
+    let journal = Journal::open(&session.journal_path())?;
+    let handler = Handler {
+        session: session.clone(),
+        controls,
+        shutdown,
+        journal,
+    };
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            handler.serve_one(conn);
+        }
+    });
+    Ok(Server { path })
+}
+
+struct Handler {
+    session: Session,
+    controls: Arc<Controls>,
+    shutdown: Arc<Shutdown>,
+    journal: Journal,
+}
+
+impl Handler {
+    fn serve_one(&self, conn: UnixStream) {
+        if !peer_allowed(&conn) {
+            let _ = reply_to(&conn, &Reply::error("permission denied".into()));
+            return;
+        }
+        let _ = conn.set_read_timeout(Some(IO_TIMEOUT));
+        let _ = conn.set_write_timeout(Some(IO_TIMEOUT));
+        let mut line = String::new();
+        let read = BufReader::new((&conn).take(MAX_REQUEST)).read_line(&mut line);
+        let reply = match read {
+            Ok(_) => match serde_json::from_str::<Request>(&line) {
+                Ok(req) => self
+                    .handle(req)
+                    .unwrap_or_else(|e| Reply::error(e.to_string())),
+                Err(e) => Reply::error(format!("bad request: {e}")),
+            },
+            Err(e) => Reply::error(format!("reading the request: {e}")),
+        };
+        let _ = reply_to(&conn, &reply);
+    }
+
+    fn handle(&self, req: Request) -> Result<Reply, Error> {
+        let c = &self.controls;
+        let mut reply = Reply::ok();
+        match req {
+            Request::Status => {
+                let report = c.report.lock().unwrap().clone();
+                let mut st = match report {
+                    Some(st) => st,
+                    None => Status::read(&self.session)?,
+                };
+                st.fill_from_journal(&self.journal, true);
+                reply.status = Some(Box::new(st));
+            }
+            Request::Pause | Request::Resume => {
+                let pause = req == Request::Pause;
+                self.journal.set_paused(pause)?;
+                c.paused.store(pause, SeqCst);
+            }
+            Request::Checkpoint { time } => {
+                let cp = self.journal.checkpoint_at(time_ns(time)?)?;
+                c.set_checkpoint(&self.journal, cp)?;
+                reply.checkpoint = Some(cp);
+            }
+            Request::Rescan { path } => c.rescans.lock().unwrap().push(path.unwrap_or_default()),
+            Request::Stop => self.shutdown.stop(),
+        }
+        self.shutdown.poke();
+        Ok(reply)
+    }
+}
+
+/// A checkpoint time from the wire: Unix seconds, not in the future.
+pub fn time_ns(time: Option<f64>) -> Result<Option<i64>, Error> {
+    let Some(t) = time else { return Ok(None) };
+    let ns = (t * 1e9) as i64;
+    if !t.is_finite() || t < 0.0 || ns > crate::journal::now_ns() {
+        return Err(Error::Usage(format!(
+            "checkpoint time {t}: give `now` or a Unix time in the past"
+        )));
+    }
+    Ok(Some(ns))
+}
+
+/// Calls `f` with `path`, or, when it is too long for a socket address
+/// (108 bytes), with an alias through an open descriptor of its directory.
+fn with_short_path<T>(
+    path: &Path,
+    f: impl FnOnce(&Path) -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    if path.as_os_str().len() < 100 {
+        return f(path);
+    }
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return f(path);
+    };
+    let dir = std::fs::File::open(dir)?;
+    let mut alias = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+    alias.extend_from_slice(name.as_bytes());
+    f(Path::new(std::ffi::OsStr::from_bytes(&alias)))
+}
+
+/// Same user as the daemon, or root.
+fn peer_allowed(conn: &UnixStream) -> bool {
+    match rustix::net::sockopt::socket_peercred(conn) {
+        Ok(cred) => cred.uid.is_root() || cred.uid == rustix::process::geteuid(),
+        Err(_) => false,
+    }
+}
+
+fn reply_to(mut conn: &UnixStream, reply: &Reply) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(reply).expect("reply serializes");
+    line.push(b'\n');
+    conn.write_all(&line)
+}
+
+/// The CLI's end: one request to a running daemon. Err if no daemon
+/// answers (the caller falls back to the files).
+pub fn request(socket: &Path, req: &Request) -> Result<Reply, Error> {
+    let shown = || format!("control socket {}", socket.display());
+    let conn =
+        with_short_path(socket, |p| UnixStream::connect(p)).map_err(|e| Error::io(shown(), e))?;
+    conn.set_read_timeout(Some(IO_TIMEOUT))
+        .and_then(|_| conn.set_write_timeout(Some(IO_TIMEOUT)))
+        .map_err(|e| Error::io(shown(), e))?;
+    let mut line = serde_json::to_vec(req).expect("request serializes");
+    line.push(b'\n');
+    (&conn)
+        .write_all(&line)
+        .map_err(|e| Error::io(shown(), e))?;
+    let mut answer = String::new();
+    BufReader::new((&conn).take(16 << 20))
+        .read_line(&mut answer)
+        .map_err(|e| Error::io(shown(), e))?;
+    let reply: Reply =
+        serde_json::from_str(&answer).map_err(|e| Error::io(shown(), std::io::Error::other(e)))?;
+    match reply.error {
+        Some(e) if !reply.ok => Err(Error::Session(e)),
+        _ => Ok(reply),
+    }
+}
+
+/// The CLI's side of the commands: through the socket when the daemon
+/// runs, straight into the journal when none does (the daemon reads it at
+/// its start), refused while one is starting or exiting.
+pub fn command(session: &Session, req: &Request) -> Result<Reply, Error> {
+    match session.daemon() {
+        Daemon::Running(_) => request(&session.control_path(), req),
+        Daemon::None => offline(session, req),
+        Daemon::Starting(_) | Daemon::Exiting(_) => Err(Error::Session(format!(
+            "session {:?} is starting or stopping; try again in a moment",
+            session.name
+        ))),
+    }
+}
+
+fn offline(session: &Session, req: &Request) -> Result<Reply, Error> {
+    let not_running = || Error::Session(format!("session {:?} is not running", session.name));
+    let mut reply = Reply::ok();
+    match req {
+        Request::Status => reply.status = Some(Box::new(Status::read(session)?)),
+        Request::Pause | Request::Resume => {
+            Journal::open(&session.journal_path())?.set_paused(*req == Request::Pause)?
+        }
+        Request::Checkpoint { time } => {
+            let j = Journal::open(&session.journal_path())?;
+            let cp = j.checkpoint_at(time_ns(*time)?)?;
+            j.set_checkpoint(&cp)?;
+            reply.checkpoint = Some(cp);
+        }
+        Request::Rescan { .. } | Request::Stop => return Err(not_running()),
+    }
+    Ok(reply)
+}
+
+/// A session's status: live from its daemon, else as last reported.
+pub fn status(session: &Session) -> Result<Status, Error> {
+    if let Daemon::Running(_) = session.daemon() {
+        if let Ok(Reply {
+            status: Some(st), ..
+        }) = request(&session.control_path(), &Request::Status)
+        {
+            return Ok(*st);
+        }
+    }
+    Status::read(session)
+}

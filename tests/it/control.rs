@@ -1,0 +1,265 @@
+//! The control plane through the real CLI and the real control socket:
+//! pause and resume, checkpoints, rescans, parked failures, the socket's
+//! permissions.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use rustix::process::Signal;
+
+use crate::support::fs::*;
+use crate::support::process::signal;
+use crate::support::session::*;
+use crate::support::{georep_test, TestDir};
+
+/// `checkpoint --wait --timeout` ran out.
+const EXIT_TIMEOUT: i32 = 30;
+
+fn state(st: &serde_json::Value) -> &str {
+    st["state"].as_str().unwrap_or("")
+}
+
+georep_test!(
+    pause_journals_survives_restarts_and_resume_converges,
+    |t: TestDir| {
+        write_file(&t.src.join("before"), b"before the pause");
+        let s = started(&t, "paused", &[]);
+        s.run(&["pause", &s.name]).assert_code(0);
+        s.wait_status("Paused", CONVERGE, |st| state(st) == "Paused");
+        // A steady writer while paused: journaled, not shipped.
+        for i in 0..20 {
+            write_file(&t.src.join(format!("during/f{i}")), b"written while paused");
+            std::thread::sleep(ms(20));
+        }
+        let st = s.wait_status("the backlog journaled", CONVERGE, |st| {
+            st["pending"]["entry"].as_u64().unwrap_or(0) >= 20
+        });
+        assert_eq!(state(&st), "Paused", "{st}");
+        assert!(st["paused"] == true, "{st}");
+        assert!(!t.dst.join("during").exists(), "shipped while paused");
+        // A clean restart and a SIGKILL both come back paused.
+        s.stop();
+        s.start();
+        s.wait_status("Paused after a restart", CONVERGE, |st| {
+            state(st) == "Paused"
+        });
+        let pid = s.daemon_pid().expect("a daemon");
+        signal(pid, Signal::KILL);
+        s.start();
+        s.wait_status("Paused after SIGKILL", CONVERGE, |st| state(st) == "Paused");
+        std::thread::sleep(ms(500));
+        assert!(
+            !t.dst.join("during").exists(),
+            "shipped after a restart while paused"
+        );
+        s.run(&["resume", &s.name]).assert_code(0);
+        let st = s.wait_converged("the backlog after resume");
+        assert_eq!(st["paused"], false, "{st}");
+        s.stop();
+        assert_converged(&s);
+    }
+);
+
+georep_test!(
+    checkpoint_completes_once_its_changes_are_on_the_slave,
+    |t: TestDir| {
+        write_file(&t.src.join("a"), b"a");
+        let s = started(&t, "cp", &[]);
+        // An idle tree: completes at once.
+        let run = s.run(&["checkpoint", &s.name, "now", "--wait", "--timeout", "20"]);
+        s.check(&run, 0);
+        let st = s.status();
+        assert_eq!(st["checkpoint_completed"], true, "{st}");
+        assert!(st["checkpoint_completion_time"].as_f64() >= st["checkpoint_time"].as_f64());
+
+        s.run(&["pause", &s.name]).assert_code(0);
+        s.wait_status("Paused", CONVERGE, |st| state(st) == "Paused");
+        write_file(&t.src.join("b"), b"written before the checkpoint");
+        s.wait_status("b journaled", CONVERGE, |st| !pending_is_zero(st));
+        let run = s.run(&["checkpoint", &s.name, "--wait", "--timeout", "1"]);
+        s.check(&run, EXIT_TIMEOUT);
+        let st = s.status();
+        assert_eq!(
+            st["checkpoint_completed"], false,
+            "completed while paused: {st}"
+        );
+        let set_at = st["checkpoint_time"].as_f64().expect("a checkpoint time");
+        // It survives a restart, still pending.
+        s.stop();
+        s.start();
+        let st = s.wait_status("Paused after restart", CONVERGE, |st| state(st) == "Paused");
+        assert_eq!(st["checkpoint_time"].as_f64(), Some(set_at), "{st}");
+        assert_eq!(st["checkpoint_completed"], false, "{st}");
+        s.run(&["resume", &s.name]).assert_code(0);
+        let st = s.wait_status("the checkpoint completes", CONVERGE, |st| {
+            st["checkpoint_completed"] == true
+        });
+        // Completed means on the slave: b is there the moment status says so.
+        assert_eq!(
+            read_file(&t.dst.join("b")),
+            b"written before the checkpoint",
+            "{st}"
+        );
+        assert_eq!(st["checkpoint_time"].as_f64(), Some(set_at));
+        // A time in the future is refused.
+        let later = format!("{}", unix_now() + 3600.0);
+        s.run(&["checkpoint", &s.name, &later])
+            .assert_code(EXIT_USAGE);
+        s.stop();
+        assert_converged(&s);
+    }
+);
+
+/// Clears the immutable flag on drop, so the test directory can go.
+struct Immutable(std::path::PathBuf);
+impl Immutable {
+    fn set(path: &std::path::Path) -> Option<Immutable> {
+        let ok = Command::new("chattr")
+            .arg("+i")
+            .arg(path)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Immutable(path.to_path_buf()))
+    }
+}
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
+}
+
+georep_test!(parked_failure_lets_other_changes_flow, |t: TestDir| {
+    mkdir(&t.src.join("locked"));
+    let s = started(&t, "parked", &[]);
+    let Some(lock) = Immutable::set(&t.dst.join("locked")) else {
+        eprintln!("skipped: chattr +i is not available on this filesystem");
+        return;
+    };
+    write_file(&t.src.join("locked/refused"), b"the slave refuses this");
+    // It is retried on its own, then parked; the marker passes it.
+    // (The immutable directory's own metadata is refused too.)
+    let st = s.wait_status("parked", Duration::from_secs(40), |st| {
+        st["parked"].as_u64() >= Some(1) && st["parked"] == st["failures"]
+    });
+    let listed = st["failed_entries"].to_string();
+    assert!(listed.contains("locked/refused"), "{st}");
+    assert!(pending_is_zero(&st), "the marker passed it: {st}");
+    // Others flow with low lag meanwhile.
+    for i in 0..5 {
+        let f = t.src.join(format!("free{i}"));
+        let at = Instant::now();
+        write_file(&f, b"not held back");
+        while !t.dst.join(format!("free{i}")).exists() {
+            assert!(at.elapsed() < Duration::from_secs(5), "free{i} held back");
+            std::thread::sleep(ms(10));
+        }
+    }
+    let run = s.run(&["status", &s.name, "--detail"]);
+    s.check(&run, 0);
+    assert!(run.stdout.contains("locked/refused"), "{run}");
+    // Fixed on the slave, then rescanned: it replicates and leaves the table.
+    drop(lock);
+    s.run(&["rescan", &s.name, "locked"]).assert_code(0);
+    let st = s.wait_converged("the parked entry after a rescan");
+    assert_eq!(st["failures"], 0, "{st}");
+    assert_eq!(st["parked"], 0, "{st}");
+    s.stop();
+    assert_converged(&s);
+});
+
+georep_test!(rescan_repairs_drift_in_a_subtree, |t: TestDir| {
+    write_file(&t.src.join("sub/deep/file"), b"master copy");
+    write_file(&t.src.join("other"), b"other");
+    let s = started(&t, "rescan", &[]);
+    // Drift behind the session's back: only a crawl can see it.
+    write_file(&t.dst.join("sub/deep/file"), b"damaged on the slave");
+    write_file(&t.dst.join("sub/stray"), b"not on the master");
+    s.run(&["rescan", &s.name, "sub"]).assert_code(0);
+    s.wait_converged("a subtree rescan");
+    write_file(&t.dst.join("other"), b"damaged too");
+    let abs = t.src.join("other");
+    s.run(&["rescan", &s.name, p(&abs)]).assert_code(0);
+    s.wait_converged("a rescan by absolute path");
+    s.run(&["rescan", &s.name, "../etc"])
+        .assert_code(EXIT_USAGE);
+    s.stop();
+    assert_converged(&s);
+    // Nothing to rescan with: the stopped session says so.
+    s.run(&["rescan", &s.name]).assert_code(EXIT_SESSION);
+    s.run(&["stop", &s.name]).assert_code(EXIT_SESSION);
+});
+
+georep_test!(
+    commands_on_a_stopped_session_take_effect_at_start,
+    |t: TestDir| {
+        write_file(&t.src.join("a"), b"a");
+        let s = Session::new(&t, "offline");
+        s.create_ok(p(&t.dst), &[]);
+        s.run(&["pause", &s.name]).assert_code(0);
+        let st = s.status();
+        assert_eq!(st["paused"], true, "{st}");
+        s.run(&["checkpoint", &s.name]).assert_code(0);
+        s.start();
+        s.wait_status("starts paused", CONVERGE, |st| state(st) == "Paused");
+        assert!(!t.dst.join("a").exists(), "shipped while paused");
+        s.run(&["resume", &s.name]).assert_code(0);
+        s.wait_status(
+            "the checkpoint set while stopped completes",
+            CONVERGE,
+            |st| st["checkpoint_completed"] == true && state(st) == "Active",
+        );
+        s.wait_converged("resumed");
+    }
+);
+
+georep_test!(
+    control_socket_is_private_and_checks_its_peer,
+    |t: TestDir| {
+        let s = started(&t, "sock", &[]);
+        let sock = s.dir().join("control.sock");
+        let mode = std::fs::symlink_metadata(&sock)
+            .expect("socket")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
+        if !is_root() {
+            eprintln!("skipped the peer check: needs root to connect as another user");
+            return;
+        }
+        // Open the way to the socket so that only the peer check stands.
+        for d in [s.home.clone(), s.home.join("sessions"), s.dir()] {
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+        // The daemon answers a stranger before reading a word: the send may
+        // find the socket closed already.
+        let script = "import socket,sys\n\
+        s=socket.socket(socket.AF_UNIX)\n\
+        s.connect(sys.argv[1])\n\
+        try: s.sendall(b'{\"cmd\":\"stop\"}\\n')\n\
+        except OSError: pass\n\
+        print(s.recv(4096).decode())";
+        let out = Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "/usr/bin/python3",
+                "-c",
+            ])
+            .arg(script)
+            .arg(&sock)
+            .output();
+        let Ok(out) = out else {
+            eprintln!("skipped the peer check: setpriv or python3 missing");
+            return;
+        };
+        let reply = String::from_utf8_lossy(&out.stdout);
+        assert!(reply.contains("permission denied"), "{reply} {out:?}");
+        // The refused stop did not stop it.
+        std::thread::sleep(ms(300));
+        assert!(s.daemon_pid().is_some(), "a stranger stopped the daemon");
+        assert_eq!(state(&s.status()), "Active");
+    }
+);
