@@ -1,6 +1,7 @@
 //! The single integration-test binary (one link step, shared support code).
 
 mod churn;
+mod conventions;
 mod crawl;
 mod engine;
 mod hostile;
