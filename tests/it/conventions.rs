@@ -14,6 +14,7 @@ use georep::hooks::{Event, HookEnv, Hooks};
 use crate::support::{georep_test, TestDir};
 
 mod metrics;
+mod packaging;
 
 type Lines = Arc<Mutex<Vec<String>>>;
 type Log = Arc<dyn Fn(&str) + Send + Sync>;
