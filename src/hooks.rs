@@ -473,6 +473,13 @@ mod tests {
     }
 
     #[test]
+    fn hooks_can_be_shared_between_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<super::Hooks>();
+        shared::<crate::metrics::MetricsServer>();
+    }
+
+    #[test]
     fn times_are_printed_for_shells() {
         assert_eq!(super::num(1700000000.0), "1700000000");
         assert_eq!(super::num(1700000000.25), "1700000000.250");

@@ -198,10 +198,17 @@ fn route(head: &[u8], registry: &Registry) -> Vec<u8> {
         Some(b"HEAD") => true,
         _ => return reply(405, "Method Not Allowed", "", Some("Allow: GET, HEAD\r\n")),
     };
-    let mut body = String::new();
-    if let Err(e) = prometheus_text::encode(&mut body, registry) {
-        return reply(500, "Internal Server Error", &format!("{e}\n"), None);
-    }
+    // The snapshot is the daemon's code: a panic in it fails this scrape,
+    // not the server.
+    let encoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut body = String::new();
+        prometheus_text::encode(&mut body, registry).map(|()| body)
+    }));
+    let body = match encoded {
+        Ok(Ok(body)) => body,
+        Ok(Err(e)) => return reply(500, "Internal Server Error", &format!("{e}\n"), None),
+        Err(_) => return reply(500, "Internal Server Error", "snapshot failed\n", None),
+    };
     let mut r = reply(200, "OK", &body, None);
     if head_only {
         let head = find(&r, b"\r\n\r\n").map_or(r.len(), |i| i + 4);

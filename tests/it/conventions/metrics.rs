@@ -250,3 +250,22 @@ fn dropping_the_server_closes_its_port() {
         "still listening on {addr}"
     );
 }
+
+#[test]
+fn a_failing_snapshot_fails_only_its_scrape() {
+    let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let c = calls.clone();
+    let srv = serve(
+        "127.0.0.1:0",
+        Arc::new(move || {
+            let n = c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            assert!(n != 0, "the daemon's first snapshot fails");
+            snapshot()
+        }),
+    )
+    .unwrap();
+    assert_eq!(get(srv.local_addr(), "/metrics").status, 500);
+    let r = get(srv.local_addr(), "/metrics");
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("georep_bytes_sent_total"));
+}
