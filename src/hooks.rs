@@ -293,14 +293,16 @@ impl Dispatcher {
 }
 
 fn set_env(cmd: &mut Command, event: Event, env: &HookEnv) {
-    cmd.env("GEOREP_SESSION", &env.session)
+    // A NUL cannot be in the environment; the hook must run all the same.
+    let clean = |s: &str| s.replace('\0', "");
+    cmd.env("GEOREP_SESSION", clean(&env.session))
         .env("GEOREP_EVENT", event.as_str())
-        .env("GEOREP_STATE", &env.state)
-        .env("GEOREP_SOURCE", &env.source)
-        .env("GEOREP_TARGET", &env.target)
+        .env("GEOREP_STATE", clean(&env.state))
+        .env("GEOREP_SOURCE", clean(&env.source))
+        .env("GEOREP_TARGET", clean(&env.target))
         .env(
             "GEOREP_LAST_ERROR",
-            env.last_error.as_deref().unwrap_or_default(),
+            clean(env.last_error.as_deref().unwrap_or_default()),
         );
     let optional = [
         ("GEOREP_CHECKPOINT_TIME", env.checkpoint_time.map(num)),

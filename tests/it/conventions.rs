@@ -96,7 +96,7 @@ echo "hello from $1""#
     hooks.fire(
         Event::CheckpointCompleted,
         HookEnv {
-            last_error: Some("slave: disk full".into()),
+            last_error: Some("slave: disk\0 full".into()),
             checkpoint_time: Some(1_700_000_000.0),
             checkpoint_completed: Some(true),
             checkpoint_completion_time: Some(1_700_000_123.5),
