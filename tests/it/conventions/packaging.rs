@@ -192,9 +192,69 @@ fn debian_package_assets_exist() {
         .parse()
         .unwrap();
     assert!(vols.is_empty());
+    package_file_list();
+}
+
+/// With cargo-deb installed: build the package from the binary under test
+/// and check what it installs.
+fn package_file_list() {
     if !have("cargo-deb") {
         eprintln!("skipping the package file list: cargo-deb not installed");
+        return;
     }
+    let bin = Path::new(env!("CARGO_BIN_EXE_georep"));
+    // The manifest names target/release/georep and target/assets/.
+    if bin != repo().join("target/release/georep") {
+        eprintln!("skipping the package file list: not a release build in ./target");
+        return;
+    }
+    let out = output(Command::new(repo().join("contrib/deb/prepare")).env("GEOREP_BIN", bin));
+    assert!(out.status.success(), "prepare: {out:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let out = output(
+        Command::new("cargo")
+            .args([
+                "deb",
+                "--no-build",
+                "--no-strip",
+                "--fast",
+                "--offline",
+                "-o",
+            ])
+            .arg(dir.path())
+            .current_dir(repo()),
+    );
+    assert!(out.status.success(), "cargo deb: {out:?}");
+    let deb = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .expect("a .deb");
+    let list = output(Command::new("dpkg-deb").arg("-c").arg(&deb));
+    let list = String::from_utf8_lossy(&list.stdout).into_owned();
+    for f in [
+        "./usr/bin/georep",
+        "./usr/share/man/man1/georep.1.gz",
+        "./usr/share/bash-completion/completions/georep",
+        "./usr/share/zsh/vendor-completions/_georep",
+        "./usr/share/fish/vendor_completions.d/georep.fish",
+        "./usr/lib/systemd/system/georep@.service",
+        "./etc/georep/volumes.toml",
+        "./usr/share/doc/georep/keys/README.md",
+        "./usr/share/doc/georep/examples/hooks/log-faulty",
+    ] {
+        assert!(
+            list.lines().any(|l| l.ends_with(&format!(" {f}"))),
+            "{f} not in the package:\n{list}"
+        );
+    }
+    let control = output(
+        Command::new("dpkg-deb")
+            .args(["-f"])
+            .arg(&deb)
+            .arg("Package"),
+    );
+    assert_eq!(String::from_utf8_lossy(&control.stdout).trim(), "georep");
 }
 
 #[test]
