@@ -18,6 +18,7 @@ pub mod keys;
 pub mod meta;
 pub mod metrics;
 pub mod monitor;
+pub mod notify;
 pub mod plan;
 pub mod proto;
 pub mod replicate;

@@ -3,6 +3,7 @@
 //! user-level command; all terminal output lives under cli/.
 
 mod control;
+mod generate;
 mod output;
 mod session;
 mod slave;
@@ -11,12 +12,13 @@ mod table;
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::error::{Error, Exit};
 use crate::proto::FsyncPolicy;
 use crate::target::Place;
 use crate::transport::SshOptions;
+pub use generate::Generate;
 
 #[derive(Parser, Debug)]
 #[command(name = "georep", version, about = "File-level geo-replication")]
@@ -24,8 +26,11 @@ pub struct Cli {
     /// Where sessions, journals, sockets and logs live (or GEOREP_HOME).
     #[arg(long, global = true, value_name = "DIR")]
     pub home: Option<PathBuf>,
+    /// Print the man page or a shell completion script on stdout and exit.
+    #[arg(long, value_enum, value_name = "WHAT")]
+    pub generate: Option<Generate>,
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -248,8 +253,21 @@ pub struct SlaveArgs {
 /// Runs the command line; returns the process exit code.
 pub fn run(cli: Cli) -> Exit {
     raise_fd_limit();
+    let command = match (cli.generate, cli.command) {
+        (Some(what), _) => return generated(what),
+        (None, Some(c)) => c,
+        (None, None) => {
+            let mut cmd = Cli::command();
+            let e = cmd.error(
+                clap::error::ErrorKind::MissingSubcommand,
+                "a command is required (see --help)",
+            );
+            let _ = e.print();
+            return Exit::Usage;
+        }
+    };
     let home = || crate::session::home(cli.home.as_deref());
-    match cli.command {
+    match command {
         Command::Slave(a) => slave::run(&a),
         Command::Sync(a) => sync::run(a),
         Command::Keys(KeysCommand::Create(a)) => keys_create(&a),
@@ -285,6 +303,17 @@ pub fn run(cli: Cli) -> Exit {
             reset,
         } => report(session::config(&home(), &name, key, value, reset)),
         Command::Delete { name, .. } => report(session::delete(&home(), &name)),
+    }
+}
+
+fn generated(what: Generate) -> Exit {
+    let mut out = std::io::stdout().lock();
+    match generate::generate(what, &mut out).and_then(|()| std::io::Write::flush(&mut out)) {
+        Ok(()) => Exit::Ok,
+        Err(e) => {
+            eprintln!("georep: writing to stdout: {e}");
+            Exit::Other
+        }
     }
 }
 

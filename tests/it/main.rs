@@ -2,6 +2,7 @@
 
 mod churn;
 mod control;
+mod conventions;
 mod crawl;
 mod engine;
 mod hostile;
