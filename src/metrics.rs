@@ -17,6 +17,7 @@
 //! | `georep_bytes_sent_total` | counter | bytes put on the wire |
 //! | `georep_files_synced_total` | counter | files whose content was shipped |
 //! | `georep_failures_total` | counter | failed entries and rounds, since the daemon started |
+//! | `georep_failed_entries` | gauge | entries that failed and are still owed (parked ones included) |
 //! | `georep_parked_entries` | gauge | entries that keep failing, set aside (listed in status) |
 //! | `georep_checkpoint_completed` | gauge | 1 once the checkpoint is on the slave, 0 before (absent without one) |
 
@@ -71,6 +72,8 @@ pub struct Snapshot {
     pub bytes_sent: u64,
     pub files_synced: u64,
     pub failures: u64,
+    /// Failed entries still owed (a gauge; `failures` is the counter).
+    pub failed_entries: u64,
     /// Entries parked now (a current count; it goes down as they heal).
     pub parked: u64,
     pub checkpoint_completed: Option<bool>,
@@ -313,6 +316,13 @@ impl Collector for SnapshotCollector {
             "Failed entries and rounds since the daemon started.",
             &one,
             s.failures,
+        )?;
+        gauge(
+            &mut enc,
+            "georep_failed_entries",
+            "Entries that failed and are still owed, parked ones included.",
+            &one,
+            s.failed_entries as f64,
         )?;
         gauge(
             &mut enc,

@@ -14,6 +14,7 @@ use crate::error::{state, Error, Exit};
 use crate::hooks::{Event, Hooks};
 use crate::journal::{Journal, Writer};
 use crate::metrics;
+use crate::notify;
 use crate::replicate::Replicator;
 use crate::session::{process_is_gone, Daemon, Session};
 use crate::shutdown::Shutdown;
@@ -141,6 +142,17 @@ impl Monitor {
         write_pid(&pid_file, &format!("{pid}\n"))
             .map_err(state(s.pid_path().display().to_string()))?;
         board.fire(Event::Started);
+        notify::ready();
+        if let Some(every) = notify::watchdog_interval() {
+            // Proves the process is scheduled and not wedged as a whole; a
+            // round stuck on the network is the transport's timeouts' job
+            // (a huge file or tree legitimately takes longer than any
+            // watchdog period).
+            std::thread::spawn(move || loop {
+                notify::watchdog();
+                std::thread::sleep(every);
+            });
+        }
         let worker = Worker::new(
             config,
             board,
@@ -218,6 +230,7 @@ impl Monitor {
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
+        notify::stopping();
         let st = &mut self.worker.board.status;
         st.state = State::Stopped;
         st.crawl = None;
@@ -253,6 +266,7 @@ impl Monitor {
         let st = &mut self.worker.board.status;
         st.state = State::Faulty;
         st.faults += 1;
+        st.failure_events += 1;
         st.last_error = Some(why.to_string());
         self.worker.publish();
     }
@@ -293,7 +307,8 @@ fn serve_metrics(
             pending_meta: st.pending.meta,
             bytes_sent: st.bytes_sent,
             files_synced: st.files_synced,
-            failures: st.failures,
+            failures: st.failure_events,
+            failed_entries: st.failures,
             parked: st.parked,
             checkpoint_completed: st.checkpoint_time.map(|_| st.checkpoint_completed),
         }

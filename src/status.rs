@@ -63,6 +63,9 @@ pub struct Status {
     /// Times the daemon went Faulty and retried.
     #[serde(default)]
     pub faults: u64,
+    /// Entry failures and faults since the daemon started (a counter).
+    #[serde(default)]
+    pub failure_events: u64,
     /// Paused by the operator: recording, not shipping.
     #[serde(default)]
     pub paused: bool,
@@ -100,6 +103,7 @@ impl Status {
             parked: 0,
             failed_entries: Vec::new(),
             faults: 0,
+            failure_events: 0,
             paused: false,
             checkpoint_time: None,
             checkpoint_completed: false,

@@ -253,7 +253,10 @@ impl Worker {
     fn settle(&mut self, rep: &Reporter, before: u64, seq: u64) -> Result<(), Error> {
         match rep.take_failures() {
             Some(failed) if failed.is_empty() => Ok(()),
-            Some(failed) => Ok(self.journal.record_failures(&failed, seq)?),
+            Some(failed) => {
+                self.board.status.failure_events += failed.len() as u64;
+                Ok(self.journal.record_failures(&failed, seq)?)
+            }
             None => Err(Error::Partial {
                 failed: rep.counters.errors.load(Relaxed) - before,
             }),

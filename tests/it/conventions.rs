@@ -13,7 +13,7 @@ use georep::hooks::{Event, HookEnv, Hooks};
 
 use crate::support::{georep_test, TestDir};
 
-mod metrics;
+pub mod metrics;
 mod packaging;
 
 type Lines = Arc<Mutex<Vec<String>>>;

@@ -5,6 +5,7 @@ mod control;
 mod conventions;
 mod crawl;
 mod engine;
+mod events;
 mod hostile;
 mod hostile_limits;
 mod hostile_local;

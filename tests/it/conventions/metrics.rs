@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use georep::metrics::{serve, MetricsServer, Snapshot};
 
-struct Reply {
-    status: u16,
-    headers: String,
-    body: String,
+pub struct Reply {
+    pub status: u16,
+    pub headers: String,
+    pub body: String,
 }
 
 fn request(addr: SocketAddr, raw: &[u8]) -> Reply {
@@ -31,7 +31,7 @@ fn request(addr: SocketAddr, raw: &[u8]) -> Reply {
     }
 }
 
-fn get(addr: SocketAddr, path: &str) -> Reply {
+pub fn get(addr: SocketAddr, path: &str) -> Reply {
     request(
         addr,
         format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes(),
@@ -39,7 +39,7 @@ fn get(addr: SocketAddr, path: &str) -> Reply {
 }
 
 /// Series (name and labels, as printed) to value.
-fn samples(body: &str) -> HashMap<String, f64> {
+pub fn samples(body: &str) -> HashMap<String, f64> {
     body.lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .map(|l| {
@@ -61,6 +61,7 @@ fn snapshot() -> Snapshot {
         bytes_sent: 12345,
         files_synced: 42,
         failures: 2,
+        failed_entries: 3,
         parked: 1,
         checkpoint_completed: Some(false),
     }
@@ -72,7 +73,7 @@ fn server(shared: &Arc<Mutex<Snapshot>>) -> MetricsServer {
 }
 
 /// `promtool check metrics` on `body`, when promtool is installed.
-fn promtool(body: &str) {
+pub fn promtool(body: &str) {
     let Ok(mut child) = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -130,6 +131,7 @@ fn metrics_are_served_from_the_snapshot_at_scrape_time() {
         (r#"georep_bytes_sent_total{session="s1"}"#, 12345.0),
         (r#"georep_files_synced_total{session="s1"}"#, 42.0),
         (r#"georep_failures_total{session="s1"}"#, 2.0),
+        (r#"georep_failed_entries{session="s1"}"#, 3.0),
         (r#"georep_parked_entries{session="s1"}"#, 1.0),
         (r#"georep_checkpoint_completed{session="s1"}"#, 0.0),
     ];
