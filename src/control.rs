@@ -11,17 +11,18 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::journal::{Checkpoint, Journal};
+use crate::replicate::observe::Reporter;
 use crate::session::{Daemon, Session};
 use crate::shutdown::Shutdown;
-use crate::status::{Report, Status};
+use crate::status::{CrawlProgress, Report, Status};
 
 /// Longest request line accepted.
 const MAX_REQUEST: u64 = 64 * 1024;
@@ -85,6 +86,8 @@ pub struct Controls {
     checkpoint: Mutex<Option<Checkpoint>>,
     /// The daemon's latest report (the board's copy).
     pub report: Report,
+    /// The counters of the crawl in progress, and when it started.
+    crawl: Mutex<Option<(Arc<Reporter>, Instant)>>,
 }
 
 impl Controls {
@@ -93,6 +96,27 @@ impl Controls {
         c.paused.store(paused, SeqCst);
         *c.checkpoint.lock().unwrap() = checkpoint;
         Arc::new(c)
+    }
+
+    /// A crawl starts (Some) or ends (None): its counters are live status.
+    pub fn crawling(&self, rep: Option<Arc<Reporter>>) {
+        *self.crawl.lock().unwrap() = rep.map(|r| (r, Instant::now()));
+    }
+
+    fn progress(&self) -> Option<CrawlProgress> {
+        let crawl = self.crawl.lock().unwrap();
+        let (rep, since) = crawl.as_ref()?;
+        let c = &rep.counters;
+        let elapsed = since.elapsed().as_secs_f64();
+        let checked = c.files_total.load(Relaxed);
+        Some(CrawlProgress {
+            files_checked: checked,
+            files_sent: c.files_transferred.load(Relaxed),
+            bytes_literal: c.bytes_literal.load(Relaxed),
+            bytes_matched: c.bytes_matched.load(Relaxed),
+            elapsed_seconds: elapsed,
+            rate: checked as f64 / elapsed.max(1e-3),
+        })
     }
 
     pub fn paused(&self) -> bool {
@@ -223,6 +247,7 @@ impl Handler {
                     None => Status::read(&self.session)?,
                 };
                 st.fill_from_journal(&self.journal, true);
+                st.progress = c.progress();
                 reply.status = Some(Box::new(st));
             }
             Request::Pause | Request::Resume => {

@@ -40,6 +40,21 @@ pub struct Pending {
     pub meta: u64,
 }
 
+/// How far the crawl in progress has come (live status only).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct CrawlProgress {
+    /// Files compared with the slave so far.
+    pub files_checked: u64,
+    /// Files whose content was sent.
+    pub files_sent: u64,
+    /// Content bytes sent (literal) and found on the slave already (matched).
+    pub bytes_literal: u64,
+    pub bytes_matched: u64,
+    pub elapsed_seconds: f64,
+    /// Files checked per second.
+    pub rate: f64,
+}
+
 /// What `georep status --json` prints for one session.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Status {
@@ -84,6 +99,9 @@ pub struct Status {
     pub last_error: Option<String>,
     pub source: String,
     pub target: String,
+    /// The crawl in progress, when the daemon is asked live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<CrawlProgress>,
     /// The kernel refused inotify watches: only crawls cover the tree.
     #[serde(default)]
     pub watch_limit: bool,
@@ -115,6 +133,7 @@ impl Status {
             source: c.source.display().to_string(),
             target: c.target.clone(),
             watch_limit: false,
+            progress: None,
         }
     }
 

@@ -289,7 +289,7 @@ impl Worker {
 
     /// The start-up (or recovery) crawl, whole: everything recorded before
     /// it starts is covered by it, so it acks the journal up to there.
-    fn full_round(&mut self, r: &mut Replicator, rep: &Reporter) -> Result<(), Error> {
+    fn full_round(&mut self, r: &mut Replicator, rep: &Arc<Reporter>) -> Result<(), Error> {
         let upto = self.journal.last_seq()?;
         if self.board.status.state != State::Initializing {
             self.board.status.crawl = Some(CrawlStatus::Full);
@@ -298,7 +298,10 @@ impl Worker {
         log("crawling the whole tree");
         let started = Instant::now();
         let started_ns = journal::now_ns();
-        self.round(r, rep, &Scope::Full, upto)?;
+        self.controls.crawling(Some(rep.clone()));
+        let done = self.round(r, rep, &Scope::Full, upto);
+        self.controls.crawling(None);
+        done?;
         self.journal.clear_failures_under(b"", started_ns)?;
         log(&format!(
             "crawled in {:.1} s: {} files sent so far",

@@ -67,10 +67,26 @@ pub fn print_status_table(list: &[Status]) {
             s.source,
             s.target
         );
+        if let Some(p) = progress(s) {
+            println!("{:<16} {p}", "");
+        }
         if let Some(e) = &s.last_error {
             println!("{:<16} last error: {e}", "");
         }
     }
+}
+
+/// The crawl in progress, in a line.
+fn progress(s: &Status) -> Option<String> {
+    let p = s.progress.as_ref()?;
+    Some(format!(
+        "crawling: {} files checked, {} sent ({:.1} MB), {:.0} files/s for {}",
+        p.files_checked,
+        p.files_sent,
+        (p.bytes_literal + p.bytes_matched) as f64 / 1e6,
+        p.rate,
+        age(p.elapsed_seconds)
+    ))
 }
 
 /// gluster's `status detail`, one block per session, plus lag, rate and
@@ -127,6 +143,9 @@ pub fn print_status_detail(list: &[Status]) {
         ];
         for (k, v) in rows {
             println!("{k:<27} {v}");
+        }
+        if let Some(p) = progress(s) {
+            println!("{:<27} {p}", "CRAWL PROGRESS");
         }
         if let Some(e) = &s.last_error {
             println!("{:<27} {e}", "LAST ERROR");

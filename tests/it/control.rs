@@ -263,3 +263,36 @@ georep_test!(
         assert_eq!(state(&s.status()), "Active");
     }
 );
+
+georep_test!(initial_crawl_shows_progress_in_status, |t: TestDir| {
+    // Enough content that the first crawl takes a moment on any machine.
+    for i in 0..2000 {
+        write_random(&t.src.join(format!("d{}/f{i}", i % 40)), 16 * 1024, i);
+    }
+    let s = Session::new(&t, "progress");
+    s.create_ok(p(&t.dst), &["jobs=1", "fsync=file"]);
+    s.start();
+    let mut seen = None;
+    let start = Instant::now();
+    while start.elapsed() < CONVERGE {
+        let st = s.status();
+        if let Some(files) = st["progress"]["files_checked"].as_u64() {
+            if files > 0 {
+                seen = Some(st);
+                break;
+            }
+        }
+        if st["state"] == "Active" {
+            break;
+        }
+        std::thread::sleep(ms(20));
+    }
+    let Some(st) = seen else {
+        eprintln!("skipped: the initial crawl ended before status could see it");
+        s.wait_converged("initial sync");
+        return;
+    };
+    assert_eq!(st["state"], "Initializing", "{st}");
+    assert!(st["progress"]["rate"].as_f64() > Some(0.0), "{st}");
+    s.wait_converged("initial sync");
+});
