@@ -186,6 +186,7 @@ impl Monitor {
                 continue;
             }
             let rep = Worker::reporter();
+            let rounds_before = self.worker.rounds_ok;
             let result = self
                 .worker
                 .config
@@ -206,7 +207,7 @@ impl Monitor {
                 Err(_) if self.shutdown.stopping() => break,
                 Err(e) => e,
             };
-            if self.worker.board.status.state == State::Active {
+            if self.worker.rounds_ok > rounds_before {
                 // Rounds went through since the last fault: start over.
                 backoff = Duration::from_secs(1);
             }

@@ -80,6 +80,9 @@ pub struct Worker {
     controls: Arc<Controls>,
     /// Journal changes shipped since the daemon started, for the rate.
     shipped: u64,
+    /// Rounds that went through (the monitor's backoff starts over after one).
+    pub rounds_ok: u64,
+    last_trim: Instant,
     started: Instant,
 }
 
@@ -113,6 +116,8 @@ impl Worker {
             bytes_before: 0,
             controls,
             shipped: 0,
+            rounds_ok: 0,
+            last_trim: Instant::now(),
             started: Instant::now(),
         }
     }
@@ -141,7 +146,7 @@ impl Worker {
     fn serve_rounds(&mut self, r: &mut Replicator, rep: &Arc<Reporter>) -> Result<(), Error> {
         if !self.full_owed {
             // Reconnected (after a fault, or resumed): the link works.
-            self.synced(rep, r);
+            self.report(rep, r);
         }
         loop {
             // Paused or stopping: the monitor decides what comes next.
@@ -193,6 +198,7 @@ impl Worker {
             let marker = self.journal.marker()?;
             let batch = self.gather(marker.seq)?;
             let Some(last) = batch.last() else {
+                self.trim(false);
                 // Woken by the writer's next commit or a command; the
                 // deadline keeps the loop's other duties (crawl schedule,
                 // retries) going.
@@ -221,9 +227,18 @@ impl Worker {
             }
             self.journal.ack(ack)?;
             self.shipped += batch.len() as u64;
+            self.trim(true);
+            self.synced(rep, r);
+        }
+    }
+
+    /// Forgets acked changes past the retention: after a batch, and once a
+    /// minute on an idle tree (a backlog caught up ages out too).
+    fn trim(&mut self, now: bool) {
+        if now || self.last_trim.elapsed() >= Duration::from_secs(60) {
+            self.last_trim = Instant::now();
             let retention = Duration::from_secs(self.config.journal_retention);
             let _ = self.journal.trim(retention);
-            self.synced(rep, r);
         }
     }
 
@@ -249,10 +264,22 @@ impl Worker {
         Ok(outcome)
     }
 
-    /// Records what failed since the error count was `before`.
+    /// Records what failed since the error count was `before`. A full
+    /// target fails the round instead: every entry would fail alike, so it
+    /// is the session's fault to report (and retry), not entries to park.
     fn settle(&mut self, rep: &Reporter, before: u64, seq: u64) -> Result<(), Error> {
         match rep.take_failures() {
             Some(failed) if failed.is_empty() => Ok(()),
+            Some(failed) if failed.iter().any(|(_, e)| target_is_full(e)) => {
+                let (_, e) = failed
+                    .into_iter()
+                    .find(|(_, e)| target_is_full(e))
+                    .expect("found");
+                Err(Error::Remote {
+                    code: crate::error::Exit::Target as u8,
+                    message: e,
+                })
+            }
             Some(failed) => {
                 self.board.status.failure_events += failed.len() as u64;
                 Ok(self.journal.record_failures(&failed, seq)?)
@@ -428,7 +455,14 @@ impl Worker {
         Ok(batch)
     }
 
+    /// A round went through.
     fn synced(&mut self, rep: &Reporter, r: &Replicator) {
+        self.rounds_ok += 1;
+        self.report(rep, r);
+    }
+
+    /// Publishes the state of a working connection.
+    fn report(&mut self, rep: &Reporter, r: &Replicator) {
         let st = &mut self.board.status;
         st.state = State::Active;
         // A crawl running or owed (lost events, a hard-link group a targeted
@@ -486,4 +520,9 @@ impl Worker {
             let _ = w.finish();
         }
     }
+}
+
+/// ENOSPC or EDQUOT as the slave words them (io::Error's "(os error N)").
+fn target_is_full(msg: &str) -> bool {
+    msg.ends_with("(os error 28)") || msg.ends_with("(os error 122)")
 }

@@ -142,7 +142,8 @@ impl Journal {
         };
         let conn = Connection::open(path).map_err(err)?;
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
+            "PRAGMA auto_vacuum = INCREMENTAL;
+             PRAGMA journal_mode = WAL;
              PRAGMA synchronous = NORMAL;
              CREATE TABLE IF NOT EXISTS changes (
                  seq INTEGER PRIMARY KEY,
@@ -277,12 +278,21 @@ impl Journal {
     pub fn trim(&self, retention: Duration) -> Result<usize> {
         let marker = self.marker()?;
         let cutoff = now_ns() - retention.as_nanos() as i64;
-        self.conn
+        let n = self
+            .conn
             .execute(
                 "DELETE FROM changes WHERE seq <= ?1 AND time_ns < ?2",
                 params![marker.seq as i64, cutoff],
             )
-            .map_err(self.err())
+            .map_err(self.err())?;
+        if n > 0 {
+            // Give the freed pages back (journals made before auto_vacuum
+            // was set keep their size: a no-op there).
+            self.conn
+                .execute_batch("PRAGMA incremental_vacuum;")
+                .map_err(self.err())?;
+        }
+        Ok(n)
     }
 
     /// Unacked changes by kind: entry ops, data, metadata.

@@ -933,7 +933,7 @@ georep_test!(session_slave_disk_full_then_freed, |t: TestDir| {
     // running: nothing may be left on the target then.
     s.wait_status("Faulty on a full disk", CONVERGE, |st| {
         st["state"] == "Faulty"
-            && num(st, "failures") >= 2.0
+            && num(st, "faults") >= 2.0
             && st["last_error"]
                 .as_str()
                 .is_some_and(|e| e.contains("No space left"))
