@@ -41,6 +41,12 @@ pub enum Exit {
     /// Nothing failed, but some entries vanished from the source while they
     /// were read (rsync's 24).
     Vanished = 24,
+    /// Deletions stopped at a limit (rsync's 25 for `--max-delete`).
+    DeleteLimit = 25,
+    /// Stopped by SIGINT (128 + 2).
+    Interrupted = 130,
+    /// Stopped by SIGTERM (128 + 15).
+    Terminated = 143,
 }
 
 impl Exit {
@@ -56,6 +62,9 @@ impl Exit {
             8 => Exit::State,
             23 => Exit::Partial,
             24 => Exit::Vanished,
+            25 => Exit::DeleteLimit,
+            130 => Exit::Interrupted,
+            143 => Exit::Terminated,
             _ => Exit::Other,
         }
     }
@@ -83,6 +92,10 @@ pub enum Error {
     /// not ack such a round, it retries it.
     #[error("{failed} entries failed to replicate")]
     Partial { failed: u64 },
+    /// A round would delete more than the configured limits allow; it
+    /// deleted nothing of what it refused.
+    #[error("{0}")]
+    DeleteLimit(String),
     /// A bad configuration key or value, or bad arguments found after parsing.
     #[error("{0}")]
     Usage(String),
@@ -92,6 +105,9 @@ pub enum Error {
     SessionExists(String),
     #[error("session {0:?} is running; stop it first")]
     Running(String),
+    /// Another session command refused, in its own words.
+    #[error("{0}")]
+    Session(String),
     /// A session's daemon did not come up (the reason is in its log).
     #[error("{0}")]
     DaemonStart(String),
@@ -143,16 +159,23 @@ impl Error {
             Error::Protocol(_) | Error::Disconnected(_) => Exit::Protocol,
             Error::Ssh { .. } => Exit::Ssh,
             Error::Partial { .. } => Exit::Partial,
+            Error::DeleteLimit(_) => Exit::DeleteLimit,
             Error::Remote { code, .. } => match Exit::from_code(*code) {
-                Exit::Ok | Exit::Other | Exit::Partial | Exit::Vanished | Exit::Usage => {
-                    Exit::Protocol
-                }
+                Exit::Ok
+                | Exit::Other
+                | Exit::Partial
+                | Exit::Vanished
+                | Exit::Usage
+                | Exit::DeleteLimit
+                | Exit::Interrupted
+                | Exit::Terminated => Exit::Protocol,
                 e => e,
             },
             Error::Usage(_) => Exit::Usage,
             Error::UnknownSession(_)
             | Error::SessionExists(_)
             | Error::Running(_)
+            | Error::Session(_)
             | Error::DaemonStart(_) => Exit::Session,
             Error::Journal(_) | Error::State { .. } => Exit::State,
             Error::Io { .. } => Exit::Other,
@@ -165,8 +188,13 @@ impl Error {
             Error::Disconnected(_) | Error::Io { .. } | Error::Partial { .. } => true,
             Error::Ssh { temporary, .. } => *temporary,
             // The slave's own words: a target it cannot write may be a full
-            // disk; a refusal of the protocol or of the root is not.
-            Error::Remote { code, .. } => Exit::from_code(*code) == Exit::Target,
+            // disk (freed later); a refusal of the protocol or of the root is not.
+            // A target that is a file stays one.
+            Error::Remote { code, message } => {
+                Exit::from_code(*code) == Exit::Target && !message.contains("not a directory")
+            }
+            // A safety halt waits for the operator, whatever caused it.
+            Error::DeleteLimit(_) => false,
             // A busy or locked database clears; a corrupt one does not.
             Error::Journal(j) => j.is_busy(),
             _ => false,
