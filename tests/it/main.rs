@@ -6,6 +6,8 @@ mod engine;
 mod hostile;
 mod hostile_limits;
 mod hostile_local;
+mod operator;
+mod operator_errors;
 mod regression;
 mod session;
 mod ssh;
