@@ -3,6 +3,7 @@
 //! place that builds [`Options`].
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -10,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::Error;
 use crate::exclude::Excluder;
 use crate::proto::FsyncPolicy;
-use crate::replicate::Options;
+use crate::replicate::{DeleteLimits, Options};
 use crate::target::Target;
 use crate::transport::SshOptions;
 
@@ -38,6 +39,15 @@ pub struct SessionConfig {
     /// Do not apply deletions to the slave.
     #[serde(default)]
     pub ignore_deletes: bool,
+    /// Most entries one round may delete (a removed directory counts with
+    /// everything in it); unset: no count limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_delete: Option<u64>,
+    /// Largest share of the replica's entries one round may delete, judged
+    /// once the replica holds [`crate::replicate::PERCENT_MIN_ENTRIES`]; also
+    /// refuses to empty the replica's top level. 100: no share limit.
+    #[serde(default = "d::max_delete_percent")]
+    pub max_delete_percent: u8,
     #[serde(default = "d::yes")]
     pub sync_xattrs: bool,
     /// gitignore patterns.
@@ -91,6 +101,9 @@ mod d {
     pub fn yes() -> bool {
         true
     }
+    pub fn max_delete_percent() -> u8 {
+        50
+    }
     pub fn jobs() -> u16 {
         4
     }
@@ -109,24 +122,31 @@ impl SessionConfig {
         toml::Table::try_from(self).expect("config serializes")
     }
 
-    /// Sets KEY to VALUE (TOML syntax; a bare word is taken as a string).
+    /// Sets KEY to VALUE (TOML syntax; a bare word is taken as a string, and
+    /// as a one-pattern list for `exclude`).
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), Error> {
         let mut t = self.table();
-        let known = toml::Table::try_from(SessionConfig::new("/".into(), String::new()))
-            .expect("serializes")
-            .contains_key(key)
-            || OPTIONAL_KEYS.contains(&key);
-        if !known {
-            return Err(Error::Usage(format!("unknown key {key:?}")));
+        let defaults = toml::Table::try_from(SessionConfig::new("/".into(), String::new()))
+            .expect("serializes");
+        if !defaults.contains_key(key) && !OPTIONAL_KEYS.contains(&key) {
+            return Err(Error::Usage(format!(
+                "unknown key {key:?} (see `georep config NAME` for the keys)"
+            )));
         }
-        let v = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        let mut v = toml::from_str::<toml::Table>(&format!("v = {value}"))
             .ok()
             .and_then(|mut t| t.remove("v"))
             .unwrap_or_else(|| toml::Value::String(value.to_string()));
+        // A bare pattern for a list; not a list that failed to parse.
+        if let (Some(toml::Value::Array(_)), toml::Value::String(_)) = (defaults.get(key), &v) {
+            if !value.trim_start().starts_with('[') {
+                v = toml::Value::Array(vec![v]);
+            }
+        }
         t.insert(key.to_string(), v);
         *self = toml::Value::Table(t)
             .try_into()
-            .map_err(|e| Error::Usage(format!("{key} = {value}: {e}")))?;
+            .map_err(|_| Error::Usage(format!("{key} = {value}: {key} wants {}", wants(key))))?;
         self.validate()
     }
 
@@ -150,24 +170,73 @@ impl SessionConfig {
         })
     }
 
+    /// Checks what a daemon needs before it runs: values, a source and a
+    /// local target that do not contain each other, key files that exist.
     pub fn validate(&self) -> Result<(), Error> {
-        self.options().map(|_| ())
+        self.build()?;
+        let exists = |what: &str, p: &Option<PathBuf>| match p {
+            Some(p) if !p.is_file() => Err(Error::Usage(format!(
+                "{what} {}: no such file",
+                p.display()
+            ))),
+            _ => Ok(()),
+        };
+        exists("identity", &self.identity)?;
+        if !self.accept_new_host_key {
+            exists("known_hosts", &self.known_hosts)?;
+        }
+        Ok(())
     }
 
-    /// The options each round of the session runs with.
+    /// Makes the source and a local target absolute (against the current
+    /// directory), so that a daemon started elsewhere finds them.
+    pub fn absolutize(&mut self) -> Result<(), Error> {
+        let abs = |p: &std::path::Path| {
+            std::path::absolute(p).map_err(|e| Error::Usage(format!("{}: {e}", p.display())))
+        };
+        self.source = abs(&self.source)?;
+        if let Ok(Target::Local(p)) = Target::parse(&self.target) {
+            if p.is_relative() {
+                let p = abs(&p)?;
+                self.target = p
+                    .to_str()
+                    .ok_or_else(|| Error::Usage(format!("{}: not UTF-8", p.display())))?
+                    .to_string();
+            }
+        }
+        Ok(())
+    }
+
+    /// The options a connection's rounds run with; the first one after
+    /// [`force_deletes_once`] carries the override.
     pub fn options(&self) -> Result<Options, Error> {
+        let mut o = self.build()?;
+        o.limits.override_once = FORCE_DELETES.swap(false, Relaxed);
+        Ok(o)
+    }
+
+    fn build(&self) -> Result<Options, Error> {
         let bad = Error::Usage;
         let target = Target::parse(&self.target).map_err(bad)?;
+        crate::target::check_nesting(&self.source, &target).map_err(bad)?;
         let excluder = Excluder::new(&self.exclude, &[]).map_err(Error::Usage)?;
         if self.jobs == 0 || self.batch_max_changes == 0 {
             return Err(Error::Usage(
                 "jobs and batch_max_changes must be positive".into(),
             ));
         }
+        if self.max_delete_percent > 100 {
+            return Err(Error::Usage("max_delete_percent is at most 100".into()));
+        }
         Ok(Options {
             source: self.source.clone(),
             target,
             delete: !self.ignore_deletes,
+            limits: DeleteLimits {
+                max: self.max_delete,
+                percent: (self.max_delete_percent < 100).then_some(self.max_delete_percent),
+                override_once: false,
+            },
             checksum: false,
             whole_file: false,
             dry_run: false,
@@ -198,8 +267,32 @@ impl SessionConfig {
     }
 }
 
+/// Set by `georep start --force` in the daemon it starts: the first engine
+/// options built after it (the first connection) may pass the deletion
+/// limits once, so an operator can let through a deletion the session halted on.
+static FORCE_DELETES: AtomicBool = AtomicBool::new(false);
+
+/// Lets the next connection's first round pass the deletion limits.
+pub fn force_deletes_once() {
+    FORCE_DELETES.store(true, Relaxed);
+}
+
+/// What a key's value must be, for an error message.
+fn wants(key: &str) -> &'static str {
+    let defaults =
+        toml::Table::try_from(SessionConfig::new("/".into(), String::new())).expect("serializes");
+    match (key, defaults.get(key)) {
+        ("fsync", _) => "file, batch or none",
+        ("port" | "max_delete", _) | (_, Some(toml::Value::Integer(_))) => "a number",
+        (_, Some(toml::Value::Boolean(_))) => "a boolean (true or false)",
+        (_, Some(toml::Value::Array(_))) => "a list of strings, e.g. [\"*.tmp\", \"build/\"]",
+        _ => "a string",
+    }
+}
+
 /// Keys that are absent from a default config (unset options).
 const OPTIONAL_KEYS: &[&str] = &[
+    "max_delete",
     "identity",
     "known_hosts",
     "port",

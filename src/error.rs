@@ -43,6 +43,12 @@ pub enum Exit {
     Vanished = 24,
     /// A wait timed out (`checkpoint --wait --timeout`).
     Timeout = 30,
+    /// Deletions stopped at a limit (rsync's 25 for `--max-delete`).
+    DeleteLimit = 25,
+    /// Stopped by SIGINT (128 + 2).
+    Interrupted = 130,
+    /// Stopped by SIGTERM (128 + 15).
+    Terminated = 143,
 }
 
 impl Exit {
@@ -59,6 +65,9 @@ impl Exit {
             23 => Exit::Partial,
             24 => Exit::Vanished,
             30 => Exit::Timeout,
+            25 => Exit::DeleteLimit,
+            130 => Exit::Interrupted,
+            143 => Exit::Terminated,
             _ => Exit::Other,
         }
     }
@@ -86,6 +95,10 @@ pub enum Error {
     /// not ack such a round, it retries it.
     #[error("{failed} entries failed to replicate")]
     Partial { failed: u64 },
+    /// A round would delete more than the configured limits allow; it
+    /// deleted nothing of what it refused.
+    #[error("{0}")]
+    DeleteLimit(String),
     /// A bad configuration key or value, or bad arguments found after parsing.
     #[error("{0}")]
     Usage(String),
@@ -153,13 +166,17 @@ impl Error {
             Error::Protocol(_) | Error::Disconnected(_) => Exit::Protocol,
             Error::Ssh { .. } => Exit::Ssh,
             Error::Partial { .. } => Exit::Partial,
+            Error::DeleteLimit(_) => Exit::DeleteLimit,
             Error::Remote { code, .. } => match Exit::from_code(*code) {
                 Exit::Ok
                 | Exit::Other
                 | Exit::Partial
                 | Exit::Vanished
                 | Exit::Usage
-                | Exit::Timeout => Exit::Protocol,
+                | Exit::Timeout
+                | Exit::DeleteLimit
+                | Exit::Interrupted
+                | Exit::Terminated => Exit::Protocol,
                 e => e,
             },
             Error::Usage(_) => Exit::Usage,
@@ -180,8 +197,13 @@ impl Error {
             Error::Disconnected(_) | Error::Io { .. } | Error::Partial { .. } => true,
             Error::Ssh { temporary, .. } => *temporary,
             // The slave's own words: a target it cannot write may be a full
-            // disk; a refusal of the protocol or of the root is not.
-            Error::Remote { code, .. } => Exit::from_code(*code) == Exit::Target,
+            // disk (freed later); a refusal of the protocol or of the root is not.
+            // A target that is a file stays one.
+            Error::Remote { code, message } => {
+                Exit::from_code(*code) == Exit::Target && !message.contains("not a directory")
+            }
+            // A safety halt waits for the operator, whatever caused it.
+            Error::DeleteLimit(_) => false,
             // A busy or locked database clears; a corrupt one does not.
             Error::Journal(j) => j.is_busy(),
             _ => false,

@@ -3,6 +3,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::{Mutex, OnceLock};
 
 use rustix::fs::{AtFlags, Mode, OFlags, CWD};
 use rustix::io::Errno;
@@ -19,6 +20,40 @@ pub fn temp_name() -> Vec<u8> {
     let mut n = TEMP_PREFIX.to_vec();
     n.extend_from_slice(format!("{:016x}", rand::random::<u64>()).as_bytes());
     n
+}
+
+/// Named temporaries that exist right now, each with its own descriptor of
+/// its directory: a signal handler removes them before the process exits
+/// (an interrupted run leaves none behind, even where O_TMPFILE is missing).
+static LIVE: Mutex<Vec<(OwnedFd, Vec<u8>)>> = Mutex::new(Vec::new());
+
+fn register(dir: BorrowedFd, name: &[u8]) {
+    if let Ok(fd) = rustix::io::fcntl_dupfd_cloexec(dir, 0) {
+        LIVE.lock().unwrap().push((fd, name.to_vec()));
+    }
+}
+
+fn unregister(name: &[u8]) {
+    LIVE.lock().unwrap().retain(|(_, n)| n != name);
+}
+
+/// Removes every named temporary this process has open (from a signal
+/// handler's thread, just before exiting). The lock is kept: nothing of
+/// this process creates a temporary after it.
+pub fn remove_live_temporaries() {
+    let live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    for (dir, name) in live.iter() {
+        let _ = rustix::fs::unlinkat(dir, name.as_slice(), AtFlags::empty());
+    }
+    std::mem::forget(live);
+}
+
+/// GEOREP_NO_TMPFILE=1 makes new files named temporaries from the start, as
+/// on filesystems without O_TMPFILE (NFS, FUSE, older overlayfs): for tests
+/// of what an interrupted run leaves behind.
+fn tmpfile_disabled() -> bool {
+    static OFF: OnceLock<bool> = OnceLock::new();
+    *OFF.get_or_init(|| std::env::var_os("GEOREP_NO_TMPFILE").is_some_and(|v| v == "1"))
 }
 
 /// The /proc path of an open descriptor: calls that follow it reach exactly
@@ -39,17 +74,22 @@ pub struct NewFile {
 /// Creates a new file in `dir`: O_TMPFILE where the filesystem has it, else a
 /// fresh temporary name with O_EXCL | O_NOFOLLOW (never an existing inode).
 pub fn create_temp(dir: BorrowedFd) -> io::Result<NewFile> {
-    match rustix::fs::openat(
-        dir,
-        c".",
-        OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o600),
-    ) {
+    let unnamed = match tmpfile_disabled() {
+        true => Err(Errno::OPNOTSUPP),
+        false => rustix::fs::openat(
+            dir,
+            c".",
+            OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        ),
+    };
+    match unnamed {
         Ok(fd) => return Ok(NewFile { fd, temp: None }),
         Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL | Errno::NOENT) => {}
         Err(e) => return Err(e.into()),
     }
     let temp = temp_name();
+    register(dir, &temp);
     let fd = rustix::fs::openat(
         dir,
         temp.as_slice(),
@@ -61,7 +101,8 @@ pub fn create_temp(dir: BorrowedFd) -> io::Result<NewFile> {
             | OFlags::NOCTTY
             | OFlags::CLOEXEC,
         Mode::from_raw_mode(0o600),
-    )?;
+    )
+    .inspect_err(|_| unregister(&temp))?;
     Ok(NewFile {
         fd,
         temp: Some(temp),
@@ -75,13 +116,17 @@ impl NewFile {
             Some(t) => t.clone(),
             None => {
                 let t = temp_name();
-                link_fd(self.fd.as_fd(), dir, &t)?;
+                register(dir, &t);
+                link_fd(self.fd.as_fd(), dir, &t).inspect_err(|_| unregister(&t))?;
                 t
             }
         };
         let r = rustix::fs::renameat(dir, temp.as_slice(), dir, name);
         if r.is_err() && self.temp.is_none() {
             let _ = rustix::fs::unlinkat(dir, temp.as_slice(), AtFlags::empty());
+        }
+        if r.is_ok() || self.temp.is_none() {
+            unregister(&temp);
         }
         Ok(r?)
     }
@@ -90,6 +135,7 @@ impl NewFile {
     pub fn discard(&self, dir: BorrowedFd) {
         if let Some(t) = &self.temp {
             let _ = rustix::fs::unlinkat(dir, t.as_slice(), AtFlags::empty());
+            unregister(t);
         }
     }
 }

@@ -217,7 +217,8 @@ impl Monitor {
                 _ => e.to_string(),
             };
             if !e.is_temporary() {
-                self.halt(&why);
+                let force = matches!(e, Error::DeleteLimit(_));
+                self.halt(&why, force);
                 break;
             }
             self.fault(&format!("{why}; retrying in {backoff:?}"));
@@ -275,11 +276,15 @@ impl Monitor {
     /// A failure that retrying cannot mend (a changed host key, a protocol
     /// version mismatch, a source that is not a directory): Faulty with the
     /// cause, recording on, shipping nothing until the operator acts.
-    fn halt(&mut self, why: &str) {
-        self.fault(&format!(
-            "{why} (not retried: fix the cause, then `georep stop {0}` and `georep start {0}`)",
-            self.session.name
-        ));
+    /// A deletion halt is let through once by `start --force`.
+    fn halt(&mut self, why: &str, force: bool) {
+        let name = &self.session.name;
+        let then = if force {
+            format!("check the source; to delete anyway: `georep stop {name} && georep start --force {name}`")
+        } else {
+            format!("fix the cause, then `georep stop {name}` and `georep start {name}`")
+        };
+        self.fault(&format!("{why} (not retried: {then})"));
         while !self.shutdown.sleep(Duration::from_secs(3600)) {}
     }
 }

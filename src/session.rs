@@ -14,6 +14,7 @@
 //! ```
 
 use std::io::Write;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use crate::config::SessionConfig;
@@ -77,14 +78,40 @@ impl Session {
         }
         config.validate()?;
         source_identity(config)?;
-        std::fs::create_dir_all(&dir).map_err(state(dir.display().to_string()))?;
+        if let Some(parent) = home.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(state(parent.display().to_string()))?;
+        }
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(state(dir.display().to_string()))?;
         let s = Session {
             name: name.to_string(),
             dir,
         };
+        s.make_private(home)?;
         s.save(config)?;
         s.record_source(config)?;
         Ok(s)
+    }
+
+    /// Makes the home, `sessions/` and this session's directory 0700: they
+    /// list every file name of the source. A sticky directory (a --home of
+    /// /tmp, say) is shared by design and left alone.
+    pub fn make_private(&self, home: &Path) -> Result<(), Error> {
+        use std::os::unix::fs::PermissionsExt;
+        for d in [home, &home.join("sessions"), &self.dir] {
+            let Ok(m) = std::fs::metadata(d) else {
+                continue;
+            };
+            let mode = m.permissions().mode();
+            if mode & 0o1000 == 0 && mode & 0o077 != 0 {
+                std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode & 0o700))
+                    .map_err(state(d.display().to_string()))?;
+            }
+        }
+        Ok(())
     }
 
     /// Every session under a home, by name.

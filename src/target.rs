@@ -1,6 +1,7 @@
-//! TARGET forms of the command line (DESIGN.md section 5).
+//! TARGET forms of the command line (DESIGN.md section 5), and the one
+//! check that a local replica and its source do not contain each other.
 
-use std::path::PathBuf;
+use std::path::{Component, Path, PathBuf};
 
 /// Where a replica lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,6 +82,68 @@ impl Target {
     }
 }
 
+/// Refuses a local target inside the source (the replica would replicate
+/// itself, deeper at every round) or a source inside the target (the
+/// replica's deletions would remove the source), after resolving symlinks.
+/// A target that does not exist yet is judged by its deepest existing
+/// ancestor. SSH targets are another machine's paths and are not judged
+/// (a `localhost` target cannot be told from a remote one).
+pub fn check_nesting(source: &Path, target: &Target) -> Result<(), String> {
+    let Target::Local(t) = target else {
+        return Ok(());
+    };
+    // A missing source is reported by whoever opens it, with its own code.
+    let (Ok(s), Some(t)) = (source.canonicalize(), resolve(t)) else {
+        return Ok(());
+    };
+    if s == t {
+        return Err(format!(
+            "source and target are the same directory ({})",
+            s.display()
+        ));
+    }
+    if t.starts_with(&s) {
+        return Err(format!(
+            "target {} is inside the source {}: the replica would replicate itself",
+            t.display(),
+            s.display()
+        ));
+    }
+    if s.starts_with(&t) {
+        return Err(format!(
+            "source {} is inside the target {}: replicating would delete the source",
+            s.display(),
+            t.display()
+        ));
+    }
+    Ok(())
+}
+
+/// `path` with symlinks resolved as far as it exists, the rest appended.
+fn resolve(path: &Path) -> Option<PathBuf> {
+    let abs = std::path::absolute(path).ok()?;
+    let mut existing = abs.as_path();
+    let mut rest = Vec::new();
+    let base = loop {
+        if let Ok(c) = existing.canonicalize() {
+            break c;
+        }
+        rest.push(existing.components().next_back()?.as_os_str().to_owned());
+        existing = existing.parent()?;
+    };
+    let mut out = base;
+    for name in rest.iter().rev() {
+        match Path::new(name).components().next() {
+            Some(Component::ParentDir) => {
+                out.pop();
+            }
+            Some(Component::CurDir) | None => {}
+            _ => out.push(name),
+        }
+    }
+    Some(out)
+}
+
 fn split_user(s: &str) -> (Option<String>, &str) {
     match s.rsplit_once('@') {
         Some((u, h)) => (Some(u.to_string()), h),
@@ -123,6 +186,17 @@ mod tests {
             }
         );
         assert!(Target::parse("h:").is_err());
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        std::os::unix::fs::symlink(&src, t.path().join("alias")).unwrap();
+        let local = |p: PathBuf| Target::Local(p);
+        assert!(check_nesting(&src, &local(src.join("mirror/deeper"))).is_err());
+        assert!(check_nesting(&src, &local(t.path().join("alias/m"))).is_err());
+        assert!(check_nesting(&src.join("."), &local(t.path().to_path_buf())).is_err());
+        assert!(check_nesting(&src, &local(src.clone())).is_err());
+        check_nesting(&src, &local(t.path().join("srcx"))).unwrap();
+        check_nesting(&src, &local(src.join("../dst"))).unwrap();
         assert!(Target::parse("file://rel").is_err());
     }
 }

@@ -264,22 +264,12 @@ impl Worker {
         Ok(outcome)
     }
 
-    /// Records what failed since the error count was `before`. A full
-    /// target fails the round instead: every entry would fail alike, so it
-    /// is the session's fault to report (and retry), not entries to park.
+    /// Records what failed since the error count was `before`. (A full or
+    /// read-only target is not an entry's failure: the slave ends the round
+    /// with one Fatal, which the monitor retries.)
     fn settle(&mut self, rep: &Reporter, before: u64, seq: u64) -> Result<(), Error> {
         match rep.take_failures() {
             Some(failed) if failed.is_empty() => Ok(()),
-            Some(failed) if failed.iter().any(|(_, e)| target_is_full(e)) => {
-                let (_, e) = failed
-                    .into_iter()
-                    .find(|(_, e)| target_is_full(e))
-                    .expect("found");
-                Err(Error::Remote {
-                    code: crate::error::Exit::Target as u8,
-                    message: e,
-                })
-            }
             Some(failed) => {
                 self.board.status.failure_events += failed.len() as u64;
                 Ok(self.journal.record_failures(&failed, seq)?)
@@ -520,9 +510,4 @@ impl Worker {
             let _ = w.finish();
         }
     }
-}
-
-/// ENOSPC or EDQUOT as the slave words them (io::Error's "(os error N)").
-fn target_is_full(msg: &str) -> bool {
-    msg.ends_with("(os error 28)") || msg.ends_with("(os error 122)")
 }

@@ -148,14 +148,31 @@ pub fn serve(root: &Path, input: impl Read, output: impl Write) -> Exit {
 }
 
 /// Answers a master that cannot be served at all (unknown volume, a key
-/// restricted elsewhere) with a Fatal frame, without reading its stream.
-pub fn refuse(output: impl Write, code: Exit, message: &str) {
+/// restricted elsewhere) with a Fatal frame, without reading its stream;
+/// returns whether the frame went out.
+pub fn refuse(output: impl Write, code: Exit, message: &str) -> bool {
     let mut out = BufWriter::new(output);
     let m = Msg::Fatal {
         code: code as u8,
         message: clip(message),
     };
-    let _ = wire::write_frame(&mut out, &m.encode()).and_then(|_| out.flush());
+    wire::write_frame(&mut out, &m.encode())
+        .and_then(|_| out.flush())
+        .is_ok()
+}
+
+/// A failure of one entry that every other entry would meet too: the
+/// target is read-only, full or over quota. One Fatal frame says it, not
+/// one error per entry.
+fn target_wide(message: &str) -> Option<&'static str> {
+    [
+        ("(os error 30)", "the target filesystem is read-only"),
+        ("(os error 28)", "the target filesystem is full"),
+        ("(os error 122)", "the target's disk quota is exceeded"),
+    ]
+    .into_iter()
+    .find(|(code, _)| message.contains(code))
+    .map(|(_, what)| what)
 }
 
 impl<W: Write> Agent<W> {
@@ -184,6 +201,15 @@ impl<W: Write> Agent<W> {
             self.finished = matches!(msg, Msg::Finish);
             match self.handle(msg) {
                 Ok(()) => {}
+                Err(Failure::Op(path, message)) if target_wide(&message).is_some() => {
+                    let what = target_wide(&message).unwrap_or_default();
+                    let shown = self.root_path.display();
+                    let path = crate::confine::show_brief(&path);
+                    return self.fail(
+                        Exit::Target,
+                        format!("{what} ({shown}; stopped at {path}: {message})"),
+                    );
+                }
                 Err(Failure::Op(path, message)) => {
                     if self.send(&Msg::OpError { path, message }).is_err() {
                         return Exit::Protocol;
@@ -487,8 +513,12 @@ impl<W: Write> Agent<W> {
         let target = |reason: String| Failure::Fatal(Exit::Target, reason);
         let shown = self.root_path.display().to_string();
         if !dry_run {
-            std::fs::create_dir_all(&self.root_path)
-                .map_err(|e| target(format!("cannot create target {shown}: {e}")))?;
+            std::fs::create_dir_all(&self.root_path).map_err(|e| {
+                target(match std::fs::metadata(&self.root_path) {
+                    Ok(m) if !m.is_dir() => format!("target {shown} is a file, not a directory"),
+                    _ => format!("cannot create target {shown}: {e}"),
+                })
+            })?;
         }
         let fd = match rustix::fs::open(
             &self.root_path,
@@ -501,6 +531,9 @@ impl<W: Write> Agent<W> {
         ) {
             Ok(fd) => fd,
             Err(rustix::io::Errno::NOENT) if dry_run => return Ok(()),
+            Err(rustix::io::Errno::NOTDIR) => {
+                return Err(target(format!("target {shown} is a file, not a directory")))
+            }
             Err(e) => return Err(target(format!("cannot open target {shown}: {e}"))),
         };
         if !dry_run {

@@ -176,6 +176,9 @@ pub struct SyncArgs {
     /// Keep entries on the target that the source does not have.
     #[arg(long)]
     pub no_delete: bool,
+    /// Delete nothing if the run would delete more than N entries (exit 25).
+    #[arg(long, value_name = "N")]
+    pub max_delete: Option<u64>,
     /// Send changed files whole instead of as deltas.
     #[arg(short = 'W', long)]
     pub whole_file: bool,

@@ -13,11 +13,29 @@ pub fn run(a: &SlaveArgs) -> Exit {
     let root = match volumes::check_forced(&request).and(root) {
         Ok(r) => r,
         Err(e) => {
-            // Said in a Fatal frame too, so that the master shows the reason.
-            crate::agent::refuse(std::io::stdout().lock(), Exit::Target, &e);
-            eprintln!("georep slave: {e}");
+            // Said in a Fatal frame, which the master shows; on stderr only
+            // if that cannot go out (else the master's terminal says it twice).
+            if !crate::agent::refuse(std::io::stdout().lock(), Exit::Target, &e) {
+                eprintln!("georep slave: {e}");
+            }
             return Exit::Target;
         }
     };
+    remove_temporaries_on_signals();
     crate::agent::serve(&root, std::io::stdin().lock(), std::io::stdout().lock())
+}
+
+/// A slave interrupted (a Ctrl-C of the master's terminal, `kill`, the SSH
+/// session hung up) removes its named temporaries before it exits.
+fn remove_temporaries_on_signals() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            crate::fsutil::remove_live_temporaries();
+            std::process::exit(128 + sig);
+        }
+    });
 }

@@ -5,7 +5,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use super::ship::DataJob;
+use super::ship::{self, DataJob};
 use super::walk::{DirTask, Leader, Listing, Planner};
 use crate::confine::{join, show, PathError};
 use crate::error::Result;
@@ -69,6 +69,8 @@ impl Planner<'_> {
 
         let mut changed = false;
         let mut children = Vec::new();
+        let master_empty = entries.is_empty();
+        let doomed_before = self.doomed.len();
         let mut s_iter = slave_entries.into_iter().peekable();
         for m in entries {
             self.rep.counters.files_total.fetch_add(1, Relaxed);
@@ -82,6 +84,13 @@ impl Planner<'_> {
         }
         for s in s_iter {
             changed |= self.delete(rel, &s)?;
+        }
+        if rel.is_empty() && self.doomed.len() > doomed_before {
+            // A merge of some names only has not read the whole root.
+            self.root_emptied = match names {
+                None => master_empty,
+                Some(_) => self.source_root_empty(),
+            };
         }
 
         let meta_differs = slave_this
@@ -134,14 +143,13 @@ impl Planner<'_> {
         Ok(Vec::new())
     }
 
-    pub(super) fn delete(&self, dir: &[u8], s: &Entry) -> Result<bool> {
+    /// A slave-only entry: removed at the round's end if the limits allow
+    /// (guard.rs); returns whether the directory's entries change.
+    pub(super) fn delete(&mut self, dir: &[u8], s: &Entry) -> Result<bool> {
         if !self.opts.delete {
             return Ok(false);
         }
-        let path = join(dir, &s.name);
-        self.rep.item('-', &path);
-        self.rep.counters.entries_deleted.fetch_add(1, Relaxed);
-        self.mutate(&Msg::Remove { path })?;
+        self.doom(dir, s);
         Ok(true)
     }
 
@@ -316,24 +324,29 @@ impl Planner<'_> {
             self.update_meta(path, &m, s.as_ref().expect("present"))?;
             return Ok(false);
         }
-        if s.is_some() {
-            self.rep.item('>', path);
-        } else {
-            self.created(path);
-        }
+        let created = s.is_none();
         let basis = s
             .filter(|s| !self.opts.whole_file && s.size.min(m.size) >= DELTA_MIN)
             .map(|s| s.size);
         if self.opts.dry_run {
-            self.rep.counters.files_transferred.fetch_add(1, Relaxed);
-            self.rep.counters.bytes_literal.fetch_add(m.size, Relaxed);
+            // A real run would ship a delta against the target's copy: its
+            // cost is unknown without reading both, so it is not literal.
+            let c = &self.rep.counters;
+            match basis {
+                Some(_) => c.bytes_delta_basis.fetch_add(m.size, Relaxed),
+                None => c.bytes_literal.fetch_add(m.size, Relaxed),
+            };
+            c.files_transferred.fetch_add(1, Relaxed);
+            ship::sent(self.rep, path, created);
             return Ok(true);
         }
+        // Told (`+`, `>`) once sent: a file that cannot be read was not created.
         let job = DataJob {
             rel: path.to_vec(),
             dir: dir.clone(),
             name: m.name,
             basis,
+            created,
         };
         if self
             .jobs

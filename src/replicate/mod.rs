@@ -12,6 +12,7 @@
 //! lookahead window and the hard-link table, not by the tree.
 
 mod crawl;
+mod guard;
 mod merge;
 mod options;
 mod scope;
@@ -22,11 +23,14 @@ pub mod observe;
 pub mod ship;
 
 pub use crawl::Crawl;
-pub use options::Options;
+pub use guard::PERCENT_MIN_ENTRIES;
+pub use options::{DeleteLimits, Options};
 pub use scope::{Reach, Scope};
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Instant;
 
 use rustix::fs::{Mode, OFlags};
 
@@ -41,12 +45,23 @@ use walk::Planner;
 /// Runs one full round on a new connection (`georep sync`); per-entry
 /// failures are counted in the summary.
 pub fn run(opts: &Options, observer: Box<dyn Observer>) -> Result<Summary> {
-    let rep = Arc::new(Reporter::new(observer));
+    run_with(opts, Arc::new(Reporter::new(observer)))
+}
+
+/// [`run`] with a reporter the caller keeps (to interrupt it); a round that
+/// stopped at a deletion limit is summarized, with the reason in `refused`.
+pub fn run_with(opts: &Options, rep: Arc<Reporter>) -> Result<Summary> {
     let mut r = Replicator::connect(opts, rep.clone())?;
     let outcome = r.round(&Scope::Full);
     let (sent, received) = r.traffic();
-    r.close(outcome)?;
-    Ok(rep.summary(sent, received, opts.dry_run))
+    let refused = match r.close(outcome) {
+        Ok(_) => None,
+        Err(Error::DeleteLimit(why)) => Some(why),
+        Err(e) => return Err(e),
+    };
+    let mut summary = rep.summary(sent, received, opts.dry_run);
+    summary.refused = refused;
+    Ok(summary)
 }
 
 /// What a round learned besides its changes.
@@ -65,6 +80,13 @@ pub struct Replicator {
     rep: Arc<Reporter>,
     source: Root,
     hello: Hello,
+    /// The replica's entries, as the last full round listed them.
+    estimate: Option<u64>,
+    /// The operator's one-shot pass through the deletion limits, until used.
+    override_deletes: bool,
+    /// Entries removed and created by recent rounds, when (see
+    /// guard::DELETE_WINDOW).
+    removals: VecDeque<(Instant, u64, u64)>,
 }
 
 impl Replicator {
@@ -96,6 +118,9 @@ impl Replicator {
             rep,
             source,
             hello,
+            estimate: None,
+            override_deletes: opts.limits.override_once,
+            removals: VecDeque::new(),
         })
     }
 
@@ -104,23 +129,69 @@ impl Replicator {
         // The source changed since the last round: cached handles may name
         // directories that moved or were replaced.
         self.source.invalidate();
-        Planner::new(
+        let mut p = Planner::new(
             &self.opts,
             &self.conn,
             &self.rep,
             &mut self.source,
             &self.hello,
-        )
+        );
+        p.estimate = self.estimate;
+        p.override_deletes = self.override_deletes;
+        while self
+            .removals
+            .front()
+            .is_some_and(|(at, _, _)| at.elapsed() > guard::DELETE_WINDOW)
+        {
+            self.removals.pop_front();
+        }
+        p.recent = self
+            .removals
+            .iter()
+            .fold((0, 0), |(r, c), (_, dr, dc)| (r + dr, c + dc));
+        p
     }
 
     /// One round; returns once the slave has durably applied it.
     pub fn round(&mut self, scope: &Scope) -> Result<RoundOutcome> {
+        let created = self.rep.counters.entries_created.load(Relaxed);
         let mut p = self.planner();
-        let stack = p.first_tasks(scope)?;
-        p.run(stack, None)?;
-        Ok(RoundOutcome {
-            needs_full: p.needs_full,
-        })
+        p.whole = matches!(scope, Scope::Full);
+        let ran = p.first_tasks(scope).and_then(|stack| p.run(stack, None));
+        let base = match p.whole {
+            true => Some(p.listed.get()),
+            false => p.estimate,
+        };
+        let (removed, used, needs_full, whole) =
+            (p.removed, p.override_used, p.needs_full, p.whole);
+        self.settled(base, created, removed, used, whole);
+        ran?;
+        Ok(RoundOutcome { needs_full })
+    }
+
+    /// After a round (even a failed one: what it did is counted): the
+    /// replica's estimated size, the delete window, the override's use.
+    fn settled(&mut self, base: Option<u64>, created: u64, removed: u64, used: bool, whole: bool) {
+        self.override_deletes &= !used;
+        let created = self.rep.counters.entries_created.load(Relaxed) - created;
+        self.estimate = base.map(|b| (b + created).saturating_sub(removed));
+        if whole {
+            // A full round measured the replica afresh: the window restarts.
+            self.removals.clear();
+        } else if removed > 0 || created > 0 {
+            self.removals.push_back((Instant::now(), removed, created));
+        }
+    }
+
+    /// The replica's entries as far as this connection knows (the last full
+    /// round's count, kept up to date), for a deletion share limit.
+    pub fn replica_estimate(&self) -> Option<u64> {
+        self.estimate
+    }
+
+    /// Carries an estimate over from an earlier connection to the same replica.
+    pub fn set_replica_estimate(&mut self, estimate: Option<u64>) {
+        self.estimate = estimate;
     }
 
     /// Walks on with a sliced full crawl until it is done or `yield_now`
@@ -132,6 +203,7 @@ impl Replicator {
         crawl: &mut Crawl,
         yield_now: &dyn Fn() -> bool,
     ) -> Result<RoundOutcome> {
+        let created = self.rep.counters.entries_created.load(Relaxed);
         let mut p = self.planner();
         let stack = if crawl.started {
             std::mem::take(&mut crawl.stack)
@@ -141,11 +213,13 @@ impl Replicator {
         };
         p.links = std::mem::take(&mut crawl.links);
         crawl.slices += 1;
-        crawl.stack = p.run(stack, Some(yield_now))?;
+        let ran = p.run(stack, Some(yield_now));
+        let (base, removed, used, needs_full) =
+            (p.estimate, p.removed, p.override_used, p.needs_full);
         crawl.links = std::mem::take(&mut p.links);
-        Ok(RoundOutcome {
-            needs_full: p.needs_full,
-        })
+        self.settled(base, created, removed, used, false);
+        crawl.stack = ran?;
+        Ok(RoundOutcome { needs_full })
     }
 
     /// Bytes sent and received so far.
@@ -170,7 +244,7 @@ fn explain(e: Error, closed: Result<()>) -> Error {
         (Error::Disconnected(m), Err(Error::Disconnected(how))) => {
             Error::Disconnected(format!("{m}; {how}"))
         }
-        (Error::Disconnected(_), Err(e @ Error::Ssh { .. })) => e,
+        (Error::Disconnected(_), Err(e @ (Error::Ssh { .. } | Error::Remote { .. }))) => e,
         (Error::Disconnected(m), Err(e)) => Error::Disconnected(format!("{m}; {e}")),
         (e, _) => e,
     }

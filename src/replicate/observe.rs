@@ -3,7 +3,7 @@
 //! go (a terminal for `georep sync`, the daemon's log for a session). No
 //! terminal code lives in the engine.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -21,6 +21,10 @@ pub struct Counters {
     pub errors: AtomicU64,
     /// Entries that vanished from the source while the run read them.
     pub vanished: AtomicU64,
+    /// Slave entries a deletion limit kept (see replicate/guard.rs).
+    pub deletions_refused: AtomicU64,
+    /// Dry run: size of the files a real run would send as deltas.
+    pub bytes_delta_basis: AtomicU64,
 }
 
 /// The `--json` summary.
@@ -37,8 +41,17 @@ pub struct Summary {
     pub bytes_received: u64,
     pub errors: u64,
     pub vanished: u64,
+    /// Entries not deleted because the round was over a deletion limit.
+    pub deletions_refused: u64,
+    /// Dry run: the size of the files a real run would send as deltas
+    /// against the target's copy (what they cost on the wire is known only
+    /// by sending them; `bytes_literal` counts files sent whole).
+    pub bytes_delta_basis: u64,
     pub elapsed_seconds: f64,
     pub dry_run: bool,
+    /// Why deletions were refused, if they were.
+    #[serde(skip)]
+    pub refused: Option<String>,
 }
 
 /// Where a run's messages go. Every method has a silent default.
@@ -69,6 +82,8 @@ pub struct Reporter {
     last_error: Mutex<Option<String>>,
     /// Which entries failed and why, for a caller that retries them.
     failed: Mutex<Failed>,
+    /// The run is being abandoned (Ctrl-C): nothing more is drawn.
+    interrupted: AtomicBool,
 }
 
 /// The entries that failed since the last [`Reporter::take_failures`],
@@ -90,11 +105,26 @@ impl Reporter {
             started: Instant::now(),
             last_error: Mutex::default(),
             failed: Mutex::default(),
+            interrupted: AtomicBool::new(false),
         }
     }
 
+    /// Stops all output and clears what is drawn (the run is abandoned).
+    pub fn interrupt(&self) {
+        if !self.interrupted.swap(true, Relaxed) {
+            self.observer.finish();
+        }
+    }
+
+    /// Whether [`Reporter::interrupt`] was called.
+    pub fn quiet(&self) -> bool {
+        self.interrupted.load(Relaxed)
+    }
+
     pub fn item(&self, tag: char, path: &[u8]) {
-        self.observer.item(tag, path);
+        if !self.quiet() {
+            self.observer.item(tag, path);
+        }
     }
 
     /// A failure of the entry at `path`: counted, told, remembered; the
@@ -137,12 +167,17 @@ impl Reporter {
     }
 
     pub fn planned(&self, bytes: u64) {
+        if self.quiet() {
+            return;
+        }
         let files = self.counters.files_transferred.load(Relaxed);
         self.observer.planned(bytes, files);
     }
 
     pub fn progressed(&self, bytes: u64) {
-        self.observer.progressed(bytes);
+        if !self.quiet() {
+            self.observer.progressed(bytes);
+        }
     }
 
     pub fn summary(&self, bytes_sent: u64, bytes_received: u64, dry_run: bool) -> Summary {
@@ -160,8 +195,11 @@ impl Reporter {
             bytes_received,
             errors: c.errors.load(Relaxed),
             vanished: c.vanished.load(Relaxed),
+            deletions_refused: c.deletions_refused.load(Relaxed),
+            bytes_delta_basis: c.bytes_delta_basis.load(Relaxed),
             elapsed_seconds: self.started.elapsed().as_secs_f64(),
             dry_run,
+            refused: None,
         }
     }
 }

@@ -14,6 +14,8 @@ pub struct Options {
     pub source: PathBuf,
     pub target: Target,
     pub delete: bool,
+    /// How much one round may delete (see [`DeleteLimits`]).
+    pub limits: DeleteLimits,
     pub checksum: bool,
     pub whole_file: bool,
     pub dry_run: bool,
@@ -28,4 +30,29 @@ pub struct Options {
     /// zstd-compress literal data on the wire.
     pub compress: bool,
     pub ssh: SshOptions,
+}
+
+/// Limits on what one round may delete, checked before any of its
+/// deletions is sent: a round over a limit deletes nothing and fails with
+/// `Error::DeleteLimit` once the rest of it is applied.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DeleteLimits {
+    /// Most entries (a directory counts with everything the replica holds in it).
+    pub max: Option<u64>,
+    /// Largest share of the replica's entries, in percent; also refuses to
+    /// empty the replica's top level.
+    pub percent: Option<u8>,
+    /// The operator's one-shot override (`georep start --force`): the first
+    /// round with deletions passes the limits.
+    pub override_once: bool,
+}
+
+impl DeleteLimits {
+    pub fn none() -> DeleteLimits {
+        DeleteLimits::default()
+    }
+
+    pub fn active(&self) -> bool {
+        self.max.is_some() || self.percent.is_some()
+    }
 }

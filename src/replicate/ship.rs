@@ -30,6 +30,18 @@ pub struct DataJob {
     pub name: Vec<u8>,
     /// Size of the slave's current version, when a delta against it makes sense.
     pub basis: Option<u64>,
+    /// The slave has no entry of this name yet.
+    pub created: bool,
+}
+
+/// Tells and counts a file whose content went out (or would, in a dry run).
+pub fn sent(rep: &Reporter, rel: &[u8], created: bool) {
+    if created {
+        rep.item('+', rel);
+        rep.counters.entries_created.fetch_add(1, Relaxed);
+    } else {
+        rep.item('>', rel);
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -96,6 +108,7 @@ pub fn run(conn: &Conn, job: DataJob, o: JobOpts, rep: &Reporter, v: &Verdicts) 
         match attempt(conn, &job, o, rep, v) {
             Ok(Outcome::Sent) => {
                 rep.counters.files_transferred.fetch_add(1, Relaxed);
+                sent(rep, &job.rel, job.created);
                 return Ok(());
             }
             Ok(Outcome::Torn) => continue,

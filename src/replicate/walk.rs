@@ -2,12 +2,14 @@
 //! the slave's listings requested ahead, data jobs handed to `jobs` worker
 //! threads, and the round's end (retries, deferred links, Finish).
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 
 use super::conn::{Conn, CONTROL};
+use super::guard::Doomed;
 use super::observe::Reporter;
 use super::options::Options;
 use super::ship::{self, DataJob, JobOpts, Verdicts};
@@ -65,6 +67,29 @@ pub(super) struct Planner<'a> {
     /// Targeted round: see [`RoundOutcome::needs_full`].
     pub(super) targeted: bool,
     pub(super) needs_full: bool,
+    /// Slave entries the round would remove, sent once counted (guard.rs).
+    pub(super) doomed: Vec<Doomed>,
+    /// Slave entries this round's listings held.
+    pub(super) listed: Cell<u64>,
+    /// The replica's entries as the last full round counted them, kept
+    /// up to date with what later rounds created and removed.
+    pub(super) estimate: Option<u64>,
+    /// A full round: its listings are the whole replica.
+    pub(super) whole: bool,
+    /// Entries this round removed (subtrees counted when the guard counted them).
+    pub(super) removed: u64,
+    pub(super) removed_cost: Option<u64>,
+    /// Entries removed and created by this connection's earlier rounds
+    /// within the delete window.
+    pub(super) recent: (u64, u64),
+    /// The created-entries counter when the round began.
+    pub(super) created_before: u64,
+    /// The source root holds nothing while the round deletes at the top.
+    pub(super) root_emptied: bool,
+    /// The operator let the next deletions through the limits once...
+    pub(super) override_deletes: bool,
+    /// ...and this round used that.
+    pub(super) override_used: bool,
 }
 
 impl<'a> Planner<'a> {
@@ -99,6 +124,20 @@ impl<'a> Planner<'a> {
             verdicts: Arc::default(),
             targeted: false,
             needs_full: false,
+            doomed: Vec::new(),
+            listed: Cell::new(0),
+            estimate: None,
+            whole: false,
+            removed: 0,
+            removed_cost: None,
+            recent: (0, 0),
+            created_before: rep
+                .counters
+                .entries_created
+                .load(std::sync::atomic::Ordering::Relaxed),
+            root_emptied: false,
+            override_deletes: false,
+            override_used: false,
         }
     }
 
@@ -147,6 +186,7 @@ impl<'a> Planner<'a> {
             first_err.map_or(Ok(left), Err)
         })?;
         let left = self.suspend(left)?;
+        let refused = self.settle_deletes()?;
         self.settle_retries()?;
         for (path, target) in std::mem::take(&mut self.deferred_links) {
             self.rep.item('=', &path);
@@ -154,7 +194,11 @@ impl<'a> Planner<'a> {
         }
         let rx = self.conn.request(CONTROL, &Msg::Finish)?;
         match self.conn.wait(&rx)? {
-            Msg::Finished => Ok(left),
+            // The rest of the round is applied; the refusal fails it.
+            Msg::Finished => match refused {
+                Some(why) => Err(Error::DeleteLimit(why)),
+                None => Ok(left),
+            },
             other => Err(Error::Protocol(format!("unexpected reply {other:?}"))),
         }
     }
@@ -333,6 +377,7 @@ impl<'a> Planner<'a> {
                 other => return Err(Error::Protocol(format!("unexpected reply {other:?}"))),
             }
         }
+        self.listed.set(self.listed.get() + entries.len() as u64);
         // Sorted by the slave; a hostile or buggy slave must not confuse the merge.
         entries.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         entries.dedup_by(|a, b| a.name == b.name);

@@ -2,9 +2,38 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use super::{Link, Transport};
-use crate::error::{Error, Result};
+use crate::error::{Error, Exit, Result};
+
+/// Children running now, so that an interrupted run can stop them first.
+static CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// Asks every child (a local slave, an ssh client) to stop and waits
+/// (bounded) until it has: a local slave removes its temporaries on SIGTERM.
+pub fn stop_children() {
+    let pids = CHILDREN.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for &pid in &pids {
+        if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+            let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for pid in pids {
+        let Some(p) = rustix::process::Pid::from_raw(pid as i32) else {
+            continue;
+        };
+        while Instant::now() < deadline {
+            match rustix::process::waitpid(Some(p), rustix::process::WaitOptions::NOHANG) {
+                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+                // Reaped here or by the thread that waits for it.
+                _ => break,
+            }
+        }
+    }
+}
 
 /// A program whose stdin/stdout carry the protocol (a local slave, or `ssh`).
 pub struct ChildProcess {
@@ -28,17 +57,26 @@ impl Transport for ChildProcess {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .map_err(|e| Error::io(format!("starting {}", self.program.display()), e))?;
+            .map_err(|e| self.spawn_error(e))?;
+        let pid = child.id();
+        CHILDREN.lock().unwrap().push(pid);
         let reader = Box::new(child.stdout.take().expect("piped"));
         let writer = Box::new(child.stdin.take().expect("piped"));
         let name = self.program.display().to_string();
         let is_ssh = self.is_ssh;
         let ending = Box::new(move || {
-            let status = child
-                .wait()
-                .map_err(|e| Error::io("waiting for the slave", e))?;
+            let status = child.wait();
+            CHILDREN.lock().unwrap().retain(|&p| p != pid);
+            let status = status.map_err(|e| Error::io("waiting for the slave", e))?;
             match status.code() {
                 Some(0) => Ok(()),
+                // The shell's "command not found" (ssh passes the remote's status on).
+                Some(127) if is_ssh => Err(Error::Remote {
+                    code: Exit::Protocol as u8,
+                    message: "the remote georep command was not found (exit status 127): \
+                        install georep on the slave or name it with --remote-command"
+                        .into(),
+                }),
                 Some(255) if is_ssh => Err(Error::ssh_temporary(format!(
                     "{name} failed to connect or authenticate (exit status 255)"
                 ))),
@@ -50,5 +88,22 @@ impl Transport for ChildProcess {
             writer,
             ending,
         })
+    }
+}
+
+impl ChildProcess {
+    /// A program that cannot be started: nothing will change by retrying.
+    fn spawn_error(&self, e: std::io::Error) -> Error {
+        let name = self.program.display();
+        let why = match e.kind() {
+            std::io::ErrorKind::NotFound => "command not found".to_string(),
+            std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+            _ => e.to_string(),
+        };
+        if self.is_ssh {
+            Error::ssh(format!("{name}: {why} (--ssh-command)"))
+        } else {
+            Error::Protocol(format!("{name}: {why} (--remote-command)"))
+        }
     }
 }

@@ -17,6 +17,14 @@ pub use child::ChildProcess;
 use crate::error::{Error, Result};
 use crate::target::{Place, Target};
 
+/// Abandons the run (SIGINT, SIGTERM): stops child slaves and ssh clients,
+/// waiting for them, and removes the named temporaries of an in-process
+/// slave. A remote slave sees the connection end and removes its own.
+pub fn abandon() {
+    child::stop_children();
+    crate::fsutil::remove_live_temporaries();
+}
+
 /// Waits for the slave to exit; an error carries its exit status.
 pub type Ending = Box<dyn FnOnce() -> Result<()> + Send>;
 

@@ -9,7 +9,7 @@
 
 use std::borrow::Cow;
 use std::io::{self, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use russh::{ChannelMsg, Preferred};
 use tokio::sync::mpsc;
 
 use super::{Link, SshOptions, Transport};
-use crate::error::{Error, Result};
+use crate::error::{Error, Exit, Result};
 
 pub struct Russh {
     pub host: String,
@@ -71,13 +71,7 @@ impl Verifier {
             ));
         }
         if self.accept_new {
-            russh::keys::known_hosts::learn_known_hosts_path(
-                &self.host,
-                self.port,
-                key,
-                &self.known_hosts,
-            )
-            .map_err(|e| {
+            learn_host_key(&name, key, &self.known_hosts).map_err(|e| {
                 format!(
                     "recording the host key in {}: {e}",
                     self.known_hosts.display()
@@ -120,6 +114,31 @@ impl client::Handler for Verifier {
             }
         }
     }
+}
+
+/// Appends `name key` to a known-hosts file, as OpenSSH does: the file
+/// 0600 and its directory 0700 when they are created, no blank line.
+fn learn_host_key(name: &str, key: &PublicKey, path: &Path) -> io::Result<()> {
+    use std::io::{Seek, SeekFrom};
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)?;
+    let mut last = [0u8; 1];
+    let needs_newline =
+        f.seek(SeekFrom::End(-1)).is_ok() && f.read_exact(&mut last).is_ok() && last[0] != b'\n';
+    let text = key.to_openssh().map_err(io::Error::other)?;
+    let line = format!("{}{name} {text}\n", if needs_newline { "\n" } else { "" });
+    f.write_all(line.as_bytes())
 }
 
 fn known_hosts_default() -> Result<PathBuf> {
@@ -268,6 +287,13 @@ impl Transport for Russh {
             drop(out);
             match status {
                 Ok(Ok(Some(0))) => Ok(()),
+                Ok(Ok(Some(127))) => Err(Error::Remote {
+                    code: Exit::Protocol as u8,
+                    message: format!(
+                        "`{command}`: command not found on the slave (exit status 127): \
+                         install georep there or name it with --remote-command"
+                    ),
+                }),
                 Ok(Ok(Some(code))) => Err(Error::Disconnected(format!(
                     "remote `{command}` exited with status {code}"
                 ))),
@@ -291,35 +317,51 @@ impl Transport for Russh {
 }
 
 impl Russh {
+    /// The key named by `-i`; else the agent's keys, then the default key
+    /// files (an agent that is stale or holds no accepted key is not the end).
+    /// The error lists what was tried.
     async fn authenticate(&self, handle: &mut Handle<Verifier>) -> Result<()> {
-        let denied = || {
-            ssh_err(format!(
-                "authentication as {} on {} failed",
-                self.user, self.host
-            ))
-        };
         let hash = handle
             .best_supported_rsa_hash()
             .await
             .ok()
             .flatten()
             .flatten();
-        let keys: Vec<PathBuf> = match &self.opts.identity {
+        let mut tried: Vec<String> = Vec::new();
+        let files: Vec<PathBuf> = match &self.opts.identity {
             Some(p) => vec![p.clone()],
-            None if std::env::var_os("SSH_AUTH_SOCK").is_some() => Vec::new(),
-            None => std::env::var_os("HOME")
-                .map(|h| {
-                    ["id_ed25519", "id_ecdsa", "id_rsa"]
-                        .iter()
-                        .map(|n| PathBuf::from(&h).join(".ssh").join(n))
-                        .filter(|p| p.exists())
-                        .collect()
-                })
-                .unwrap_or_default(),
+            None => {
+                if std::env::var_os("SSH_AUTH_SOCK").is_some() {
+                    if self.try_agent(handle, hash, &mut tried).await? {
+                        return Ok(());
+                    }
+                } else {
+                    tried.push("no SSH agent (SSH_AUTH_SOCK unset)".into());
+                }
+                std::env::var_os("HOME")
+                    .map(|h| {
+                        ["id_ed25519", "id_ecdsa", "id_rsa"]
+                            .iter()
+                            .map(|n| PathBuf::from(&h).join(".ssh").join(n))
+                            .filter(|p| p.exists())
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            }
         };
-        for path in &keys {
-            let key = russh::keys::load_secret_key(path, None)
-                .map_err(|e| ssh_err(format!("loading key {}: {e}", path.display())))?;
+        for path in &files {
+            let key = match russh::keys::load_secret_key(path, None) {
+                Ok(k) => k,
+                // A named key must load; a default one that does not (say,
+                // it has a passphrase) is only noted.
+                Err(e) if self.opts.identity.is_some() => {
+                    return Err(ssh_err(format!("loading key {}: {e}", path.display())))
+                }
+                Err(e) => {
+                    tried.push(format!("{} (not loaded: {e})", path.display()));
+                    continue;
+                }
+            };
             let key = PrivateKeyWithHashAlg::new(Arc::new(key), hash);
             let r = handle
                 .authenticate_publickey(&self.user, key)
@@ -328,26 +370,55 @@ impl Russh {
             if r.success() {
                 return Ok(());
             }
+            tried.push(format!("{} (refused)", path.display()));
         }
-        if self.opts.identity.is_none() && std::env::var_os("SSH_AUTH_SOCK").is_some() {
-            let mut agent = russh::keys::agent::client::AgentClient::connect_env()
-                .await
-                .map_err(|e| ssh_err(format!("connecting to the SSH agent: {e}")))?;
-            let ids = agent
-                .request_identities()
-                .await
-                .map_err(|e| ssh_err(format!("listing agent keys: {e}")))?;
-            for id in ids {
-                let public = id.public_key().into_owned();
-                let r = handle
-                    .authenticate_publickey_with(&self.user, public, hash, &mut agent)
-                    .await;
-                if matches!(r, Ok(ref r) if r.success()) {
-                    return Ok(());
-                }
+        if self.opts.identity.is_none() && files.is_empty() {
+            tried.push("no ~/.ssh/id_ed25519, id_ecdsa or id_rsa".into());
+        }
+        Err(ssh_err(format!(
+            "authentication as {} on {} failed; tried: {}",
+            self.user,
+            self.host,
+            tried.join(", ")
+        )))
+    }
+
+    /// Tries the agent's keys; notes in `tried` what happened.
+    async fn try_agent(
+        &self,
+        handle: &mut Handle<Verifier>,
+        hash: Option<HashAlg>,
+        tried: &mut Vec<String>,
+    ) -> Result<bool> {
+        let mut agent = match russh::keys::agent::client::AgentClient::connect_env().await {
+            Ok(a) => a,
+            Err(e) => {
+                tried.push(format!("the SSH agent (cannot connect: {e})"));
+                return Ok(false);
             }
+        };
+        let ids = match agent.request_identities().await {
+            Ok(ids) => ids,
+            Err(e) => {
+                tried.push(format!("the SSH agent (cannot list keys: {e})"));
+                return Ok(false);
+            }
+        };
+        if ids.is_empty() {
+            tried.push("the SSH agent (no keys)".into());
         }
-        Err(denied())
+        for id in ids {
+            let public = id.public_key().into_owned();
+            let fp = public.fingerprint(HashAlg::Sha256);
+            let r = handle
+                .authenticate_publickey_with(&self.user, public, hash, &mut agent)
+                .await;
+            if matches!(r, Ok(ref r) if r.success()) {
+                return Ok(true);
+            }
+            tried.push(format!("agent key {fp} (refused)"));
+        }
+        Ok(false)
     }
 }
 

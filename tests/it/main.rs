@@ -9,6 +9,8 @@ mod events;
 mod hostile;
 mod hostile_limits;
 mod hostile_local;
+mod operator;
+mod operator_errors;
 mod regression;
 mod session;
 mod ssh;
