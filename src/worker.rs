@@ -83,6 +83,8 @@ pub struct Worker {
     /// Rounds that went through (the monitor's backoff starts over after one).
     pub rounds_ok: u64,
     last_trim: Instant,
+    /// Entries in the replica, as the last connection counted them.
+    replica_estimate: Option<u64>,
     started: Instant,
 }
 
@@ -118,6 +120,7 @@ impl Worker {
             shipped: 0,
             rounds_ok: 0,
             last_trim: Instant::now(),
+            replica_estimate: None,
             started: Instant::now(),
         }
     }
@@ -138,8 +141,13 @@ impl Worker {
 
     /// Ships changes over one connection until stopped or it fails.
     pub fn serve(&mut self, r: &mut Replicator, rep: &Arc<Reporter>) -> Result<(), Error> {
+        // The deletion limit's idea of the replica's size outlives a link.
+        if r.replica_estimate().is_none() {
+            r.set_replica_estimate(self.replica_estimate);
+        }
         let result = self.serve_rounds(r, rep);
         self.bytes_before += r.traffic().0;
+        self.replica_estimate = r.replica_estimate().or(self.replica_estimate);
         result
     }
 

@@ -296,3 +296,31 @@ georep_test!(initial_crawl_shows_progress_in_status, |t: TestDir| {
     assert!(st["progress"]["rate"].as_f64() > Some(0.0), "{st}");
     s.wait_converged("initial sync");
 });
+
+georep_test!(
+    foreground_ctrl_c_is_no_fault_and_stopped_lag_is_unknown,
+    |t: TestDir| {
+        write_file(&t.src.join("a"), b"a");
+        let s = Session::new(&t, "fgint");
+        s.create_ok(p(&t.dst), &[]);
+        let mut cmd = s.command(&["start", &s.name, "--foreground"]);
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let mut child = ChildGuard(cmd.spawn().expect("spawn start --foreground"));
+        s.wait_converged("foreground");
+        // Ctrl-C in a terminal: SIGINT to the process.
+        signal(child.0.id(), Signal::INT);
+        let exit = wait_timeout(&mut child.0, CMD_TIMEOUT);
+        assert!(exit.is_some_and(|e| e.success()), "Ctrl-C exit: {exit:?}");
+        let st = s.status();
+        assert_eq!(state(&st), "Stopped", "{st}");
+        assert_eq!(st["faults"], 0, "a Ctrl-C counted as a fault: {st}");
+        // Nothing runs to journal changes: the lag is not known, not 0.
+        assert!(st["lag_seconds"].is_null(), "{st}");
+        let table = s.run(&["status", &s.name]);
+        s.check(&table, 0);
+        assert!(table.stdout.contains("unknown"), "{table}");
+        // Local date-time and age, not epoch seconds.
+        assert!(table.stdout.contains(" ago)"), "{table}");
+    }
+);
