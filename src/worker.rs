@@ -184,7 +184,10 @@ impl Worker {
                 }
             }
             if !subtrees.is_empty() {
-                self.entries_round(r, rep, &subtrees, "rescan")?;
+                for p in &subtrees {
+                    log(&format!("rescan: {}", String::from_utf8_lossy(p)));
+                }
+                self.entries_round(r, rep, &subtrees)?;
                 continue;
             }
             if self.crawl.is_none() && std::mem::take(&mut self.crawl_owed) {
@@ -200,7 +203,7 @@ impl Worker {
             }
             let due = self.journal.due_failures(RETRY_BATCH)?;
             if !due.is_empty() && !self.live_due() {
-                self.entries_round(r, rep, &due, "retry")?;
+                self.entries_round(r, rep, &due)?;
                 continue;
             }
             let marker = self.journal.marker()?;
@@ -295,15 +298,9 @@ impl Worker {
         r: &mut Replicator,
         rep: &Reporter,
         paths: &[Vec<u8>],
-        why: &str,
     ) -> Result<(), Error> {
         let started = journal::now_ns();
         let seq = self.journal.marker()?.seq;
-        if why == "rescan" {
-            for p in paths {
-                log(&format!("rescan: {}", String::from_utf8_lossy(p)));
-            }
-        }
         self.round(r, rep, &plan::entries(paths), seq)?;
         for p in paths {
             self.journal.clear_failures_under(p, started)?;
