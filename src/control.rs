@@ -119,6 +119,19 @@ impl Controls {
         })
     }
 
+    /// The running daemon's status: its latest report, with the journal's
+    /// counts as they are now and the crawl in progress.
+    pub fn live_status(&self, session: &Session, journal: &Journal) -> Result<Status, Error> {
+        let report = self.report.lock().unwrap().clone();
+        let mut st = match report {
+            Some(st) => st,
+            None => Status::read(session)?,
+        };
+        st.fill_from_journal(journal, true);
+        st.progress = self.progress();
+        Ok(st)
+    }
+
     pub fn paused(&self) -> bool {
         self.paused.load(SeqCst)
     }
@@ -241,14 +254,7 @@ impl Handler {
         let mut reply = Reply::ok();
         match req {
             Request::Status => {
-                let report = c.report.lock().unwrap().clone();
-                let mut st = match report {
-                    Some(st) => st,
-                    None => Status::read(&self.session)?,
-                };
-                st.fill_from_journal(&self.journal, true);
-                st.progress = c.progress();
-                reply.status = Some(Box::new(st));
+                reply.status = Some(Box::new(c.live_status(&self.session, &self.journal)?));
             }
             Request::Pause | Request::Resume => {
                 let pause = req == Request::Pause;

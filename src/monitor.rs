@@ -296,13 +296,11 @@ fn serve_metrics(
     controls: Arc<Controls>,
 ) -> Result<metrics::MetricsServer, Error> {
     let journal = std::sync::Mutex::new(Journal::open(&s.journal_path())?);
-    let fallback = s.clone();
+    let session = s.clone();
     let snapshot = move || {
-        let report = controls.report.lock().unwrap().clone();
-        let Some(mut st) = report.or_else(|| Status::read(&fallback).ok()) else {
+        let Ok(st) = controls.live_status(&session, &journal.lock().unwrap()) else {
             return metrics::Snapshot::default();
         };
-        st.fill_from_journal(&journal.lock().unwrap(), true);
         metrics::Snapshot {
             session: st.session.clone(),
             state: format!("{:?}", st.state),
