@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::exclude::Excluder;
+use crate::lease::LeaseSpec;
 use crate::proto::FsyncPolicy;
 use crate::replicate::{DeleteLimits, Options};
 use crate::target::Target;
@@ -79,6 +80,17 @@ pub struct SessionConfig {
     /// Address serving Prometheus metrics at /metrics (off when unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<String>,
+    /// This node's name among the session's nodes (default: the host name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Which node ships: `none` (this one alone), `dir:PATH` (a directory
+    /// every node mounts) or `etcd:http://HOST:PORT[,...]`.
+    #[serde(default = "d::lease")]
+    pub lease: String,
+    /// Seconds a lease outlives its holder's last renewal: a passive node
+    /// takes over about this long after the active one died.
+    #[serde(default = "d::lease_ttl")]
+    pub lease_ttl: u64,
 }
 
 /// Defaults, chosen for sub-second lag.
@@ -106,6 +118,12 @@ mod d {
     }
     pub fn jobs() -> u16 {
         4
+    }
+    pub fn lease() -> String {
+        "none".into()
+    }
+    pub fn lease_ttl() -> u64 {
+        2
     }
     pub fn fsync() -> super::FsyncPolicy {
         super::FsyncPolicy::Batch
@@ -225,6 +243,11 @@ impl SessionConfig {
                 "jobs and batch_max_changes must be positive".into(),
             ));
         }
+        self.lease_spec()?;
+        crate::lease::valid_node(&self.node_name()).map_err(Error::Usage)?;
+        if !(1..=3600).contains(&self.lease_ttl) {
+            return Err(Error::Usage("lease_ttl is 1 to 3600 seconds".into()));
+        }
         if self.max_delete_percent > 100 {
             return Err(Error::Usage("max_delete_percent is at most 100".into()));
         }
@@ -255,7 +278,27 @@ impl SessionConfig {
                 ssh_command: self.ssh_command.clone(),
                 remote_command: self.remote_command.clone(),
             },
+            // Set per connection by the daemon, from its lease.
+            fence: Default::default(),
         })
+    }
+
+    pub fn lease_spec(&self) -> Result<LeaseSpec, Error> {
+        LeaseSpec::parse(&self.lease).map_err(Error::Usage)
+    }
+
+    /// This node's name: the `node` key, else the host name.
+    pub fn node_name(&self) -> String {
+        self.node.clone().unwrap_or_else(|| {
+            rustix::system::uname()
+                .nodename()
+                .to_string_lossy()
+                .into_owned()
+        })
+    }
+
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_secs(self.lease_ttl)
     }
 
     pub fn batch_delay(&self) -> Duration {
@@ -301,6 +344,7 @@ const OPTIONAL_KEYS: &[&str] = &[
     "remote_command",
     "hooks_dir",
     "metrics_listen",
+    "node",
 ];
 
 #[derive(Serialize)]

@@ -19,10 +19,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::journal::{Checkpoint, Journal};
+use crate::lease::Keeper;
 use crate::replicate::observe::Reporter;
 use crate::session::{Daemon, Session};
 use crate::shutdown::Shutdown;
-use crate::status::{CrawlProgress, Report, Status};
+use crate::status::{CrawlProgress, Report, State, Status};
 
 /// Longest request line accepted.
 const MAX_REQUEST: u64 = 64 * 1024;
@@ -88,6 +89,8 @@ pub struct Controls {
     pub report: Report,
     /// The counters of the crawl in progress, and when it started.
     crawl: Mutex<Option<(Arc<Reporter>, Instant)>>,
+    /// A multi-node session's lease: live status asks it who is active.
+    pub keeper: std::sync::OnceLock<Arc<Keeper>>,
 }
 
 impl Controls {
@@ -127,6 +130,15 @@ impl Controls {
             Some(st) => st,
             None => Status::read(session)?,
         };
+        if let Some(k) = self.keeper.get() {
+            // The report may predate a lease run out a moment ago (a node
+            // stopped past its lease and just woken): no Active without it.
+            if st.state == State::Active && k.current().is_none() {
+                st.state = State::Passive;
+            }
+            st.epoch = k.current().filter(|_| st.state == State::Active);
+            st.nodes = k.nodes();
+        }
         st.fill_from_journal(journal, true);
         st.progress = self.progress();
         Ok(st)

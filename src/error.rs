@@ -41,6 +41,9 @@ pub enum Exit {
     /// Nothing failed, but some entries vanished from the source while they
     /// were read (rsync's 24).
     Vanished = 24,
+    /// Fenced: another node took the session over (the slave has seen a
+    /// newer epoch than this node's).
+    Fenced = 26,
     /// A wait timed out (`checkpoint --wait --timeout`).
     Timeout = 30,
     /// Deletions stopped at a limit (rsync's 25 for `--max-delete`).
@@ -66,6 +69,7 @@ impl Exit {
             24 => Exit::Vanished,
             30 => Exit::Timeout,
             25 => Exit::DeleteLimit,
+            26 => Exit::Fenced,
             130 => Exit::Interrupted,
             143 => Exit::Terminated,
             _ => Exit::Other,
@@ -99,6 +103,9 @@ pub enum Error {
     /// deleted nothing of what it refused.
     #[error("{0}")]
     DeleteLimit(String),
+    /// The lease backend (a shared directory, etcd) failed or cannot be reached.
+    #[error("lease: {0}")]
+    Lease(String),
     /// A bad configuration key or value, or bad arguments found after parsing.
     #[error("{0}")]
     Usage(String),
@@ -188,13 +195,21 @@ impl Error {
             Error::Timeout(_) => Exit::Timeout,
             Error::Journal(_) | Error::State { .. } => Exit::State,
             Error::Io { .. } => Exit::Other,
+            Error::Lease(_) => Exit::Session,
         }
+    }
+
+    /// The slave refused this node's epoch: another node is the writer.
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, Error::Remote { code, .. } if Exit::from_code(*code) == Exit::Fenced)
     }
 
     /// Whether running again unchanged may succeed.
     pub fn is_temporary(&self) -> bool {
         match self {
-            Error::Disconnected(_) | Error::Io { .. } | Error::Partial { .. } => true,
+            Error::Disconnected(_) | Error::Io { .. } | Error::Partial { .. } | Error::Lease(_) => {
+                true
+            }
             Error::Ssh { temporary, .. } => *temporary,
             // The slave's own words: a target it cannot write may be a full
             // disk (freed later); a refusal of the protocol or of the root is not.

@@ -58,6 +58,20 @@ fn tmpfile_disabled() -> bool {
 
 /// The /proc path of an open descriptor: calls that follow it reach exactly
 /// the inode the descriptor holds (symlinks included, for an O_PATH handle).
+/// Replaces a small state file durably: a new file (named for this process,
+/// so concurrent writers do not share one) written, synced, renamed over
+/// `path`, and its directory synced.
+pub fn replace_file(path: &std::path::Path, data: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(data)?;
+    f.sync_data()?;
+    std::fs::rename(&tmp, path)?;
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    std::fs::File::open(dir.unwrap_or(std::path::Path::new(".")))?.sync_all()
+}
+
 pub fn proc_fd_path(fd: BorrowedFd) -> String {
     format!("/proc/self/fd/{}", fd.as_raw_fd())
 }

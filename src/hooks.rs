@@ -75,6 +75,9 @@ pub struct HookEnv {
     pub checkpoint_time: Option<f64>,
     pub checkpoint_completed: Option<bool>,
     pub checkpoint_completion_time: Option<f64>,
+    /// A multi-node session: this node, and the epoch it ships under.
+    pub node: Option<String>,
+    pub epoch: Option<u64>,
 }
 
 type Log = Arc<dyn Fn(&str) + Send + Sync>;
@@ -314,6 +317,8 @@ fn set_env(cmd: &mut Command, event: Event, env: &HookEnv) {
             "GEOREP_CHECKPOINT_COMPLETION_TIME",
             env.checkpoint_completion_time.map(num),
         ),
+        ("GEOREP_NODE", env.node.as_deref().map(clean)),
+        ("GEOREP_EPOCH", env.epoch.map(|e| e.to_string())),
     ];
     for (k, v) in optional {
         match v {

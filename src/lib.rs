@@ -15,6 +15,7 @@ pub mod fsutil;
 pub mod hooks;
 pub mod journal;
 pub mod keys;
+pub mod lease;
 pub mod meta;
 pub mod metrics;
 pub mod monitor;

@@ -13,8 +13,10 @@ use crate::control::{self, Controls};
 use crate::error::{state, Error, Exit};
 use crate::hooks::{Event, Hooks};
 use crate::journal::{Journal, Writer};
+use crate::lease::{Keeper, NodeReport};
 use crate::metrics;
 use crate::notify;
+use crate::proto::Fence;
 use crate::replicate::Replicator;
 use crate::session::{process_is_gone, Daemon, Session};
 use crate::shutdown::Shutdown;
@@ -124,7 +126,37 @@ impl Monitor {
             HOOK_TIMEOUT,
             Arc::new(|msg: &str| log(&format!("hook: {msg}"))),
         );
+        let keeper = match crate::lease::backend(
+            &config.lease_spec()?,
+            &s.name,
+            &config.node_name(),
+            config.lease_ttl(),
+        )? {
+            Some(backend) => {
+                let report = NodeReport {
+                    node: config.node_name(),
+                    state: "Initializing".into(),
+                    ..NodeReport::default()
+                };
+                log(&format!(
+                    "node {}: {} decides which node ships (lease ttl {} s)",
+                    config.node_name(),
+                    config.lease,
+                    config.lease_ttl
+                ));
+                let k = Arc::new(Keeper::start(
+                    backend,
+                    config.lease_ttl(),
+                    report,
+                    shutdown.clone(),
+                ));
+                let _ = controls.keeper.set(k.clone());
+                Some(k)
+            }
+            None => None,
+        };
         let mut board = Board::new(s, status, controls.report.clone(), hooks);
+        board.keeper = keeper.clone();
         board.publish()?;
         let control = match control::serve(s, controls.clone(), shutdown.clone()) {
             Ok(c) => Some(c),
@@ -153,7 +185,7 @@ impl Monitor {
                 std::thread::sleep(every);
             });
         }
-        let worker = Worker::new(
+        let mut worker = Worker::new(
             config,
             board,
             shutdown.clone(),
@@ -162,6 +194,7 @@ impl Monitor {
             recorder,
             controls.clone(),
         );
+        worker.keeper = keeper;
         Ok(Monitor {
             session: s.clone(),
             shutdown,
@@ -185,6 +218,11 @@ impl Monitor {
                 self.pause();
                 continue;
             }
+            let Some(fence) = self.fence() else {
+                self.passive();
+                continue;
+            };
+            self.worker.epoch = fence.epoch;
             let rep = Worker::reporter();
             let rounds_before = self.worker.rounds_ok;
             let result = self
@@ -193,6 +231,7 @@ impl Monitor {
                 .options()
                 .map(|mut o| {
                     o.source_identity = identity;
+                    o.fence = fence;
                     o
                 })
                 .and_then(|opts| Replicator::connect(&opts, rep.clone()))
@@ -210,6 +249,21 @@ impl Monitor {
             if self.worker.rounds_ok > rounds_before {
                 // Rounds went through since the last fault: start over.
                 backoff = Duration::from_secs(1);
+            }
+            if self.worker.keeper.is_some() && self.fence().is_none() {
+                // The lease ran out while shipping (or the slave stopped
+                // this node's link for a newer epoch): not a fault.
+                log(&format!("lost the lease while shipping: {e}"));
+                continue;
+            }
+            if e.is_fenced() {
+                // Another node took over while this one was away (paused,
+                // stopped past its lease): it is the writer now.
+                log(&format!("fenced by the slave: {e}"));
+                if let Some(k) = &self.worker.keeper {
+                    k.fenced(self.worker.epoch);
+                }
+                continue;
             }
             // "N entries failed" alone does not say what to fix.
             let why = match (&e, rep.last_error()) {
@@ -241,6 +295,47 @@ impl Monitor {
         self.worker.finish();
         log("stopped");
         Ok(())
+    }
+
+    /// What the next connection announces: this node's session and epoch,
+    /// while it holds the lease; None while another node does. A session
+    /// without a lease is never fenced.
+    fn fence(&self) -> Option<Fence> {
+        let Some(k) = &self.worker.keeper else {
+            return Some(Fence::default());
+        };
+        Some(Fence {
+            session: self.session.name.as_bytes().to_vec(),
+            node: self.worker.config.node_name().into_bytes(),
+            epoch: k.current()?,
+            ..Fence::default()
+        })
+    }
+
+    /// Another node holds the lease (or none can be had): the recorder
+    /// journals on, nothing ships, until this node gets the lease.
+    fn passive(&mut self) {
+        let st = &mut self.worker.board.status;
+        if st.state != State::Passive {
+            log("passive: another node ships (waiting for the lease)");
+        }
+        st.state = State::Passive;
+        st.crawl = None;
+        st.last_error = self.worker.keeper.as_ref().and_then(|k| k.last_error());
+        self.worker.publish();
+        while !self.shutdown.stopping() && !self.controls.paused() && self.fence().is_none() {
+            self.worker.trim_passive();
+            // The keeper pokes on a change of role; the deadline refreshes status.
+            self.shutdown
+                .wait(None, Instant::now() + Duration::from_secs(1));
+            let err = self.worker.keeper.as_ref().and_then(|k| k.last_error());
+            self.worker.board.status.last_error = err;
+            self.worker.publish();
+        }
+        if !self.shutdown.stopping() {
+            self.worker.board.status.state = State::Initializing;
+            self.worker.publish();
+        }
     }
 
     /// Paused: the recorder journals on, nothing ships, no connection is

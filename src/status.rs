@@ -9,6 +9,7 @@ use crate::config::SessionConfig;
 use crate::error::Error;
 use crate::hooks::{Event, HookEnv, Hooks};
 use crate::journal::{self, Failure, Journal};
+use crate::lease::{Epoch, Keeper, NodeReport};
 use crate::session::{write_atomic, Daemon, Session};
 
 /// Failed entries listed by `status NAME --json` (all are counted).
@@ -105,6 +106,17 @@ pub struct Status {
     /// The kernel refused inotify watches: only crawls cover the tree.
     #[serde(default)]
     pub watch_limit: bool,
+    /// A multi-node session: this node's name, the epoch it ships under
+    /// (while Active), and every node as they last published themselves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<Epoch>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeReport>,
+    /// The lease's TTL (seconds), to judge the nodes' heartbeats by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_ttl: Option<f64>,
 }
 
 impl Status {
@@ -134,6 +146,10 @@ impl Status {
             target: c.target.clone(),
             watch_limit: false,
             progress: None,
+            node: None,
+            epoch: None,
+            nodes: Vec::new(),
+            lease_ttl: None,
         }
     }
 
@@ -186,6 +202,9 @@ impl Status {
             }
         }
         self.lag_seconds = match j.oldest_pending_ns() {
+            // A passive node ships nothing: its backlog is no lag (the
+            // active node's is in `nodes`).
+            _ if self.state == State::Passive => None,
             Ok(Some(t)) => Some(((journal::now_ns() - t) as f64 / 1e9).max(0.0)),
             Ok(None) if running && self.last_synced.is_some() => Some(0.0),
             _ => None,
@@ -219,6 +238,9 @@ pub struct Board {
     hooks: Hooks,
     /// The state the last events were fired for.
     announced: State,
+    /// A multi-node session's lease keeper: this node's report goes out
+    /// through it, every node's comes back.
+    pub keeper: Option<Arc<Keeper>>,
 }
 
 impl Board {
@@ -229,12 +251,29 @@ impl Board {
             path: session.status_path(),
             report,
             hooks,
+            keeper: None,
         }
     }
 
     /// Writes the report for readers. No fsync: the journal's marker is what
     /// must survive a crash; a lost report is rewritten by the next round.
     pub fn publish(&mut self) -> Result<(), Error> {
+        if let Some(k) = &self.keeper {
+            let st = &mut self.status;
+            let node = k.node().to_string();
+            st.epoch = k.current().filter(|_| st.state == State::Active);
+            k.set_report(NodeReport {
+                node: node.clone(),
+                state: format!("{:?}", st.state),
+                epoch: st.epoch,
+                heartbeat: 0.0,
+                lag_seconds: st.lag_seconds,
+                last_error: st.last_error.clone(),
+            });
+            st.node = Some(node);
+            st.nodes = k.nodes();
+            st.lease_ttl = Some(k.ttl().as_secs_f64());
+        }
         let (from, to) = (self.announced, self.status.state);
         if from != to {
             self.announced = to;
@@ -270,6 +309,8 @@ impl Board {
                 checkpoint_time: st.checkpoint_time,
                 checkpoint_completed: st.checkpoint_time.map(|_| st.checkpoint_completed),
                 checkpoint_completion_time: st.checkpoint_completion_time,
+                node: st.node.clone(),
+                epoch: st.epoch,
             },
         );
     }

@@ -26,6 +26,7 @@ use crate::control::Controls;
 use crate::error::Error;
 use crate::hooks::Event;
 use crate::journal::{self, Change, Journal, Marker, Writer};
+use crate::lease::{Epoch, Keeper};
 use crate::plan::{self, plan, unsettled};
 use crate::replicate::observe::{Observer, Reporter};
 use crate::replicate::{Crawl, Replicator, RoundOutcome, Scope};
@@ -86,7 +87,17 @@ pub struct Worker {
     /// Entries in the replica, as the last connection counted them.
     replica_estimate: Option<u64>,
     started: Instant,
+    /// A multi-node session's lease; None: this node alone ships.
+    pub keeper: Option<Arc<Keeper>>,
+    /// The lease epoch this connection writes under (0 without a lease).
+    pub epoch: Epoch,
+    /// The epoch the journal was last lined up with the slave's marker for.
+    served_epoch: Option<Epoch>,
 }
+
+/// How far before the slave's marker a node taking over replays its own
+/// journal: the nodes' clocks may disagree by this much.
+const TAKEOVER_MARGIN_NS: i64 = 5_000_000_000;
 
 /// Failed entries retried in one round.
 const RETRY_BATCH: usize = 256;
@@ -122,6 +133,9 @@ impl Worker {
             last_trim: Instant::now(),
             replica_estimate: None,
             started: Instant::now(),
+            keeper: None,
+            epoch: 0,
+            served_epoch: None,
         }
     }
 
@@ -145,10 +159,62 @@ impl Worker {
         if r.replica_estimate().is_none() {
             r.set_replica_estimate(self.replica_estimate);
         }
+        if self.keeper.is_some() && self.served_epoch != Some(self.epoch) {
+            self.take_over(r)?;
+        }
         let result = self.serve_rounds(r, rep);
         self.bytes_before += r.traffic().0;
         self.replica_estimate = r.replica_estimate().or(self.replica_estimate);
         result
+    }
+
+    /// This node now holds the session (a new epoch): what the slave has
+    /// durably is the slave's marker, whoever sent it. Changes this node
+    /// recorded from a little before it are replayed, and a paced crawl
+    /// finds what only the old active node saw. A replica that no fenced
+    /// node ever synced gets the start-up crawl as usual.
+    fn take_over(&mut self, r: &Replicator) -> Result<(), Error> {
+        let f = r.slave_fence();
+        log(&format!(
+            "active: holding the lease under epoch {} (the slave's marker is {}, from epoch {})",
+            self.epoch,
+            if f.marker_time_ns > 0 {
+                format!("{:.3}", f.marker_time_ns as f64 / 1e9)
+            } else {
+                "unset".to_string()
+            },
+            f.marker_epoch
+        ));
+        if f.marker_time_ns > 0 {
+            let m = self
+                .journal
+                .replay_from(f.marker_time_ns - TAKEOVER_MARGIN_NS)?;
+            log(&format!(
+                "takeover: replaying this node's journal after change {}, crawling between live changes",
+                m.seq
+            ));
+            self.full_owed = false;
+            self.crawl_needed();
+        }
+        self.served_epoch = Some(self.epoch);
+        Ok(())
+    }
+
+    /// Whether this node may ship now: it holds the lease under the epoch
+    /// its connection announced (always, without a lease).
+    fn holds_lease(&self) -> bool {
+        self.keeper
+            .as_ref()
+            .is_none_or(|k| k.current() == Some(self.epoch))
+    }
+
+    /// A passive node's journal keeps `journal_retention` of changes.
+    pub fn trim_passive(&mut self) {
+        if self.last_trim.elapsed() >= Duration::from_secs(10) {
+            self.last_trim = Instant::now();
+            let retention = Duration::from_secs(self.config.journal_retention);
+            let _ = self.journal.trim_unacked(retention);
+        }
     }
 
     fn serve_rounds(&mut self, r: &mut Replicator, rep: &Arc<Reporter>) -> Result<(), Error> {
@@ -157,8 +223,9 @@ impl Worker {
             self.report(rep, r);
         }
         loop {
-            // Paused or stopping: the monitor decides what comes next.
-            if self.shutdown.stopping() || self.controls.paused() {
+            // Paused, stopping or no longer the active node: the monitor
+            // decides what comes next.
+            if self.shutdown.stopping() || self.controls.paused() || !self.holds_lease() {
                 return Ok(());
             }
             self.check_checkpoint();
@@ -221,6 +288,7 @@ impl Worker {
                 seq: last.seq,
                 time_ns: last.time_ns,
             };
+            r.set_marker(ack.time_ns);
             match plan(&batch) {
                 Some(scope) => {
                     if self.round(r, rep, &scope, ack.seq)?.needs_full {
@@ -320,6 +388,8 @@ impl Worker {
         log("crawling the whole tree");
         let started = Instant::now();
         let started_ns = journal::now_ns();
+        // Everything changed before the crawl started is on the slave after it.
+        r.set_marker(started_ns);
         self.controls.crawling(Some(rep.clone()));
         let done = self.round(r, rep, &Scope::Full, upto);
         self.controls.crawling(None);
@@ -347,7 +417,7 @@ impl Worker {
     /// Whether a live change has waited a batch delay (a crawl yields to
     /// it), or the operator wants the worker's attention.
     fn live_due(&self) -> bool {
-        if self.controls.paused() || self.shutdown.stopping() {
+        if self.controls.paused() || self.shutdown.stopping() || !self.holds_lease() {
             return true;
         }
         let oldest = self.journal.oldest_pending_ns().ok().flatten();

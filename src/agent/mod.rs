@@ -18,6 +18,7 @@
 //! changed in place, read or linked: see [`Agent::own_inode`].
 
 mod apply;
+pub mod fence;
 mod list;
 mod receive;
 pub mod volumes;
@@ -120,11 +121,15 @@ pub struct Agent<W: Write> {
     seen_bytes: usize,
     /// The last message was Finish: the round is closed and acknowledged.
     finished: bool,
+    /// Where fencing records live (`--state-dir`; else the default).
+    state_dir: Option<PathBuf>,
+    /// A fenced session's record, once its hello was accepted.
+    fencing: Option<fence::Fencing>,
 }
 
 /// Runs the agent on a byte stream until Finish, EOF or a fatal error;
 /// returns the process exit code.
-pub fn serve(root: &Path, input: impl Read, output: impl Write) -> Exit {
+pub fn serve(root: &Path, state_dir: Option<&Path>, input: impl Read, output: impl Write) -> Exit {
     let privileged = rustix::process::geteuid().is_root();
     let mut agent = Agent {
         root_path: root.to_path_buf(),
@@ -141,6 +146,8 @@ pub fn serve(root: &Path, input: impl Read, output: impl Write) -> Exit {
         seen: HashMap::new(),
         seen_bytes: 0,
         finished: false,
+        state_dir: state_dir.map(Path::to_path_buf),
+        fencing: None,
     };
     let code = agent.run(BufReader::with_capacity(1 << 20, input));
     agent.cleanup();
@@ -198,7 +205,7 @@ impl<W: Write> Agent<W> {
             };
             let stop = matches!(msg, Msg::Fatal { .. });
             // Anything after Finish opens a new round, which must end with its own.
-            self.finished = matches!(msg, Msg::Finish);
+            self.finished = matches!(msg, Msg::Finish { .. });
             match self.handle(msg) {
                 Ok(()) => {}
                 Err(Failure::Op(path, message)) if target_wide(&message).is_some() => {
@@ -478,7 +485,7 @@ impl<W: Write> Agent<W> {
                 Ok(())
             }
             Msg::Barrier { id } => self.reply(&Msg::BarrierAck { id }),
-            Msg::Finish => self.finish(),
+            Msg::Finish { marker_ns } => self.finish(marker_ns),
             Msg::Fatal { message, .. } => {
                 eprintln!("georep slave: master stopped: {message}");
                 Ok(())
@@ -499,6 +506,22 @@ impl<W: Write> Agent<W> {
             )));
         }
         let dry_run = h.dry_run;
+        // A fenced session: refuse a stale epoch, stop an older writer,
+        // before anything in the replica is touched.
+        let mut fence = proto::Fence::default();
+        if !h.fence.session.is_empty() && !dry_run {
+            let (fencing, rec) =
+                fence::Fencing::hello(self.state_dir.as_deref(), &self.root_path, &h.fence)
+                    .map_err(|(code, msg)| Failure::Fatal(code, msg))?;
+            fence = proto::Fence {
+                epoch: rec.epoch,
+                marker_time_ns: rec.marker_time_ns,
+                marker_epoch: rec.marker_epoch,
+                ..proto::Fence::default()
+            };
+            self.fencing = Some(fencing);
+        }
+        let fsync = h.fsync;
         self.master = Some(Hello {
             features: h.features & proto::FEATURES,
             ..h
@@ -508,7 +531,8 @@ impl<W: Write> Agent<W> {
             features: proto::FEATURES,
             privileged: self.privileged,
             dry_run,
-            fsync: h.fsync,
+            fsync,
+            fence,
         }))?;
         let target = |reason: String| Failure::Fatal(Exit::Target, reason);
         let shown = self.root_path.display().to_string();
@@ -548,7 +572,7 @@ impl<W: Write> Agent<W> {
     }
 
     /// Ends a round: directory metadata, sync, then the durable Finished.
-    fn finish(&mut self) -> Step {
+    fn finish(&mut self, marker_ns: i64) -> Step {
         if !self.incoming.is_empty() {
             return Err(fatal("finish with files still open"));
         }
@@ -567,6 +591,11 @@ impl<W: Write> Agent<W> {
             }
             for (path, message) in errors {
                 self.send(&Msg::OpError { path, message }).ok();
+            }
+            // Acknowledged only while still the session's writer.
+            if let Some(f) = &self.fencing {
+                f.finish(marker_ns)
+                    .map_err(|(code, msg)| Failure::Fatal(code, msg))?;
             }
         }
         self.finished = true;

@@ -251,6 +251,11 @@ impl From<SshArgs> for SshOptions {
 pub struct SlaveArgs {
     #[command(flatten)]
     pub place: PlaceArgs,
+    /// Where multi-node sessions' fencing records (highest epoch, marker)
+    /// are kept, outside the replica (default: $GEOREP_SLAVE_STATE, else
+    /// $XDG_STATE_HOME/georep/slave, else ~/.local/state/georep/slave).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Runs the command line; returns the process exit code.

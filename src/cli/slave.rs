@@ -22,7 +22,12 @@ pub fn run(a: &SlaveArgs) -> Exit {
         }
     };
     remove_temporaries_on_signals();
-    crate::agent::serve(&root, std::io::stdin().lock(), std::io::stdout().lock())
+    crate::agent::serve(
+        &root,
+        a.state_dir.as_deref(),
+        std::io::stdin().lock(),
+        std::io::stdout().lock(),
+    )
 }
 
 /// A slave interrupted (a Ctrl-C of the master's terminal, `kill`, the SSH

@@ -35,6 +35,7 @@ impl SyncArgs {
             source_identity: None,
             compress: self.compress,
             ssh: self.ssh.into(),
+            fence: Default::default(),
         })
     }
 }

@@ -73,6 +73,36 @@ pub fn print_status_table(list: &[Status]) {
         if let Some(e) = &s.last_error {
             println!("{:<16} last error: {e}", "");
         }
+        print_nodes(s);
+    }
+}
+
+/// A multi-node session's nodes, as each last published itself; one that
+/// has not for three lease periods is shown unreachable.
+fn print_nodes(s: &Status) {
+    let now = journal::now_ns() as f64 / 1e9;
+    for n in &s.nodes {
+        let stale = now - n.heartbeat > 3.0 * s.lease_ttl.unwrap_or(2.0).max(1.0);
+        let state = match n.state.as_str() {
+            "Stopped" => "Stopped".to_string(),
+            st if stale => format!("unreachable (was {st})"),
+            st => st.to_string(),
+        };
+        let me = if s.node.as_deref() == Some(n.node.as_str()) {
+            " (this node)"
+        } else {
+            ""
+        };
+        println!(
+            "{:<16} node {}{me}: {state}, epoch {}, heartbeat {}, lag {}",
+            "",
+            n.node,
+            n.epoch.map(|e| e.to_string()).unwrap_or_else(|| "-".into()),
+            when(Some(n.heartbeat)),
+            n.lag_seconds
+                .map(|l| format!("{l:.2} s"))
+                .unwrap_or_else(|| "-".into()),
+        );
     }
 }
 
@@ -114,7 +144,10 @@ pub fn print_status_detail(list: &[Status]) {
         };
         let rows: [(&str, String); 17] = [
             ("SESSION", s.session.clone()),
-            ("MASTER NODE", node.clone()),
+            (
+                "MASTER NODE",
+                s.node.clone().unwrap_or_else(|| node.clone()),
+            ),
             ("MASTER PATH", s.source.clone()),
             ("SLAVE", s.target.clone()),
             ("STATUS", state(s)),
@@ -150,6 +183,7 @@ pub fn print_status_detail(list: &[Status]) {
         if let Some(e) = &s.last_error {
             println!("{:<27} {e}", "LAST ERROR");
         }
+        print_nodes(s);
         for f in s.failed_entries.iter().take(10) {
             let parked = if f.parked { "parked" } else { "retrying" };
             println!("{:<27} {} ({parked}): {}", "FAILED ENTRY", f.path, f.error);

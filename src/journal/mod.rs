@@ -274,6 +274,66 @@ impl Journal {
         Ok(())
     }
 
+    /// Taking a session over from another node: this node's changes from
+    /// `time_ns` on are owed again (its own marker may be ahead of what the
+    /// slave has, or far behind it). Moves the marker either way.
+    pub fn replay_from(&self, time_ns: i64) -> Result<Marker> {
+        let before: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT MAX(seq) FROM changes WHERE time_ns < ?1",
+                params![time_ns],
+                |r| r.get(0),
+            )
+            .map_err(self.err())?;
+        // Nothing older kept: everything kept is owed.
+        let seq = match before {
+            Some(s) => s,
+            None => self
+                .conn
+                .query_row("SELECT COALESCE(MIN(seq), 1) - 1 FROM changes", [], |r| {
+                    r.get(0)
+                })
+                .map_err(self.err())?,
+        };
+        let m = Marker {
+            seq: seq.max(0) as u64,
+            time_ns,
+        };
+        self.conn
+            .execute(
+                "UPDATE marker SET seq = ?1, time_ns = ?2 WHERE id = 1",
+                params![m.seq as i64, m.time_ns],
+            )
+            .map_err(self.err())?;
+        Ok(m)
+    }
+
+    /// A passive node ships nothing, so nothing is acked: it forgets what
+    /// is older than `retention` whatever the marker says (a takeover
+    /// replays what is kept, and crawls).
+    pub fn trim_unacked(&self, retention: Duration) -> Result<usize> {
+        let cutoff = now_ns() - retention.as_nanos() as i64;
+        let last: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT MAX(seq) FROM changes WHERE time_ns < ?1",
+                params![cutoff],
+                |r| r.get(0),
+            )
+            .map_err(self.err())?;
+        match last {
+            Some(seq) => {
+                self.ack(Marker {
+                    seq: seq as u64,
+                    time_ns: cutoff,
+                })?;
+                self.trim(retention)
+            }
+            None => Ok(0),
+        }
+    }
+
     /// Forgets acked changes older than `retention` (kept for failover).
     pub fn trim(&self, retention: Duration) -> Result<usize> {
         let marker = self.marker()?;
@@ -383,5 +443,31 @@ mod tests {
         assert_eq!(j.marker().unwrap().seq, 9);
         assert_eq!(j.last_seq().unwrap(), 11);
         assert_eq!(j.read_after(0, 100).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn replay_from_a_time_moves_the_marker_either_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(&dir.path().join("j.db")).unwrap();
+        let mut at = Vec::new();
+        for i in 0..5u8 {
+            j.append(&[NewChange::now(Op::Data, vec![i], None)])
+                .unwrap();
+            at.push(j.read_after(i as u64, 1).unwrap()[0].time_ns);
+        }
+        j.ack(Marker {
+            seq: 5,
+            time_ns: at[4],
+        })
+        .unwrap();
+        // Back: the slave has less than this node acked.
+        assert_eq!(j.replay_from(at[2]).unwrap().seq, 2);
+        assert_eq!(j.pending().unwrap(), 3);
+        // Before anything kept: all of it.
+        assert_eq!(j.replay_from(at[0] - 1).unwrap().seq, 0);
+        assert_eq!(j.pending().unwrap(), 5);
+        // Passive trimming forgets old changes though unacked.
+        assert_eq!(j.trim_unacked(Duration::ZERO).unwrap(), 5);
+        assert_eq!(j.pending().unwrap(), 0);
     }
 }

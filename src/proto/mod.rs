@@ -10,7 +10,7 @@ pub use kinds::Side;
 pub use msg::Msg;
 
 /// Protocol version; both sides must speak the same one.
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 /// First bytes of a Hello payload, so that a stray banner is caught early.
 pub const MAGIC: &[u8; 8] = b"GEOREP\0\x01";
 
@@ -72,4 +72,21 @@ pub struct Hello {
     /// Master: make no change on the slave (and do not create its root).
     pub dry_run: bool,
     pub fsync: FsyncPolicy,
+    pub fence: Fence,
+}
+
+/// A multi-node session's fencing, in the hello: the master says which
+/// session and epoch it writes for; the slave answers with what it has
+/// stored for that session (DESIGN.md invariant 9).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Fence {
+    /// The session's name; empty: no fencing (one node, or `georep sync`).
+    pub session: Vec<u8>,
+    pub node: Vec<u8>,
+    /// Master: its lease's epoch. Slave: the highest it has stored.
+    pub epoch: u64,
+    /// Slave: the newest change time (ns) a Finish of this session made
+    /// durable, and the epoch that sent it.
+    pub marker_time_ns: i64,
+    pub marker_epoch: u64,
 }

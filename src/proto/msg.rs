@@ -9,7 +9,7 @@
 use super::codec;
 use super::frame::{Dec, Enc, WireError};
 use super::kinds::{k, name_of, sender_of, Side};
-use super::{FsyncPolicy, Hello, MAGIC, MAX_LIST_NAMES};
+use super::{Fence, FsyncPolicy, Hello, MAGIC, MAX_LIST_NAMES};
 use crate::meta::{Entry, Kind, Meta};
 
 #[derive(Clone, Debug)]
@@ -146,7 +146,11 @@ pub enum Msg {
         path: Vec<u8>,
         message: String,
     },
-    Finish,
+    /// Ends a round; `marker_ns` (0: none) is the newest change time the
+    /// round covers, which a fenced session's slave stores with the epoch.
+    Finish {
+        marker_ns: i64,
+    },
     /// Durable acknowledgement of everything before Finish.
     Finished,
     /// The sender stops after this; `code` is its exit code.
@@ -167,7 +171,12 @@ impl Msg {
                     .u64(h.features)
                     .bool(h.privileged)
                     .bool(h.dry_run)
-                    .u8(h.fsync as u8);
+                    .u8(h.fsync as u8)
+                    .bytes(&h.fence.session)
+                    .bytes(&h.fence.node)
+                    .u64(h.fence.epoch)
+                    .i64(h.fence.marker_time_ns)
+                    .u64(h.fence.marker_epoch);
                 e
             }
             Msg::ListDir {
@@ -358,7 +367,11 @@ impl Msg {
                 e.bytes(path).bytes(message.as_bytes());
                 e
             }
-            Msg::Finish => Enc::new(k::FINISH),
+            Msg::Finish { marker_ns } => {
+                let mut e = Enc::new(k::FINISH);
+                e.i64(*marker_ns);
+                e
+            }
             Msg::Finished => Enc::new(k::FINISHED),
             Msg::Fatal { code, message } => {
                 let mut e = Enc::new(k::FATAL);
@@ -394,12 +407,20 @@ impl Msg {
                 let privileged = d.bool()?;
                 let dry_run = d.bool()?;
                 let fsync = FsyncPolicy::from_u8(d.u8()?).ok_or(WireError::Malformed("hello"))?;
+                let fence = Fence {
+                    session: d.bytes()?.to_vec(),
+                    node: d.bytes()?.to_vec(),
+                    epoch: d.u64()?,
+                    marker_time_ns: d.i64()?,
+                    marker_epoch: d.u64()?,
+                };
                 Msg::Hello(Hello {
                     version,
                     features,
                     privileged,
                     dry_run,
                     fsync,
+                    fence,
                 })
             }
             k::LIST_DIR => Msg::ListDir {
@@ -544,7 +565,9 @@ impl Msg {
                 path: d.bytes()?.to_vec(),
                 message: codec::get_string(d)?,
             },
-            k::FINISH => Msg::Finish,
+            k::FINISH => Msg::Finish {
+                marker_ns: d.i64()?,
+            },
             k::FINISHED => Msg::Finished,
             k::FATAL => Msg::Fatal {
                 code: d.u8()?,
@@ -577,6 +600,13 @@ mod tests {
                 privileged: true,
                 dry_run: false,
                 fsync: FsyncPolicy::Batch,
+                fence: Fence {
+                    session: b"s".to_vec(),
+                    node: b"n".to_vec(),
+                    epoch: 7,
+                    marker_time_ns: -1,
+                    marker_epoch: 6,
+                },
             }),
             Msg::SetMeta {
                 path: b"a/\xff".to_vec(),
@@ -595,7 +625,7 @@ mod tests {
                 xattrs: true,
                 checksum: false,
             },
-            Msg::Finish,
+            Msg::Finish { marker_ns: 5 },
         ];
         for m in msgs {
             let body = m.encode();
@@ -603,7 +633,7 @@ mod tests {
             assert_eq!(format!("{m:?}"), format!("{back:?}"));
         }
         // Trailing garbage is refused.
-        let mut body = Msg::Finish.encode();
+        let mut body = Msg::Finish { marker_ns: 0 }.encode();
         body.push(0);
         assert!(Msg::decode(body[0], &body[1..]).is_err());
     }

@@ -87,6 +87,8 @@ pub struct Replicator {
     /// Entries removed and created by recent rounds, when (see
     /// guard::DELETE_WINDOW).
     removals: VecDeque<(Instant, u64, u64)>,
+    /// The change time the next round's Finish carries (see [`Replicator::set_marker`]).
+    marker_ns: i64,
 }
 
 impl Replicator {
@@ -121,6 +123,7 @@ impl Replicator {
             estimate: None,
             override_deletes: opts.limits.override_once,
             removals: VecDeque::new(),
+            marker_ns: 0,
         })
     }
 
@@ -137,6 +140,7 @@ impl Replicator {
             &self.hello,
         );
         p.estimate = self.estimate;
+        p.marker_ns = std::mem::take(&mut self.marker_ns);
         p.override_deletes = self.override_deletes;
         while self
             .removals
@@ -222,6 +226,18 @@ impl Replicator {
         Ok(RoundOutcome { needs_full })
     }
 
+    /// The newest change time the next round covers: a fenced session's
+    /// slave stores it at that round's Finish, for a node taking over.
+    pub fn set_marker(&mut self, time_ns: i64) {
+        self.marker_ns = time_ns;
+    }
+
+    /// What the slave said about the session's fencing in its hello: the
+    /// highest epoch it has stored, and its durable marker.
+    pub fn slave_fence(&self) -> &proto::Fence {
+        &self.hello.fence
+    }
+
     /// Bytes sent and received so far.
     pub fn traffic(&self) -> (u64, u64) {
         let s = &self.conn.shared;
@@ -291,6 +307,7 @@ fn handshake(conn: &Conn, opts: &Options) -> Result<Hello> {
             privileged: false,
             dry_run: opts.dry_run,
             fsync: opts.fsync,
+            fence: opts.fence.clone(),
         }),
     )?;
     match conn.wait(&rx)? {

@@ -30,6 +30,9 @@ pub struct Options {
     /// zstd-compress literal data on the wire.
     pub compress: bool,
     pub ssh: SshOptions,
+    /// A multi-node session's fencing (session, node, lease epoch) for the
+    /// hello; empty for one node and for `georep sync`.
+    pub fence: crate::proto::Fence,
 }
 
 /// Limits on what one round may delete, checked before any of its

@@ -90,6 +90,8 @@ pub(super) struct Planner<'a> {
     pub(super) override_deletes: bool,
     /// ...and this round used that.
     pub(super) override_used: bool,
+    /// Carried by this round's Finish (see `Replicator::set_marker`).
+    pub(super) marker_ns: i64,
 }
 
 impl<'a> Planner<'a> {
@@ -138,6 +140,7 @@ impl<'a> Planner<'a> {
             root_emptied: false,
             override_deletes: false,
             override_used: false,
+            marker_ns: 0,
         }
     }
 
@@ -192,7 +195,10 @@ impl<'a> Planner<'a> {
             self.rep.item('=', &path);
             self.mutate(&Msg::Link { path, target })?;
         }
-        let rx = self.conn.request(CONTROL, &Msg::Finish)?;
+        let finish = Msg::Finish {
+            marker_ns: self.marker_ns,
+        };
+        let rx = self.conn.request(CONTROL, &finish)?;
         match self.conn.wait(&rx)? {
             // The rest of the round is applied; the refusal fails it.
             Msg::Finished => match refused {

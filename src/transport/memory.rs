@@ -41,7 +41,7 @@ impl Transport for InProcess {
         let root = self.root.clone();
         let handle = std::thread::Builder::new()
             .name("georep-slave".into())
-            .spawn(move || crate::agent::serve(&root, slave_in, slave_out))
+            .spawn(move || crate::agent::serve(&root, None, slave_in, slave_out))
             .map_err(|e| Error::io("starting the in-process slave", e))?;
         let reader: Box<dyn Read + Send> = Box::new(master.try_clone().map_err(io)?);
         let writer: Box<dyn Write + Send> = Box::new(Half(master));

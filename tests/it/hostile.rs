@@ -304,7 +304,7 @@ impl Script {
     }
 
     pub(crate) fn finish(self) -> Script {
-        self.msg(Msg::Finish)
+        self.msg(Msg::Finish { marker_ns: 0 })
     }
 }
 
@@ -315,6 +315,7 @@ pub(crate) fn hello(dry_run: bool) -> Msg {
         privileged: false,
         dry_run,
         fsync: FsyncPolicy::None,
+        fence: Default::default(),
     })
 }
 
@@ -1161,7 +1162,7 @@ fn trailing_garbage_after_a_message_is_refused() {
             Script::hello().body(&body).finish()
         }),
         case("finish + 1 byte", |_| {
-            let mut body = Msg::Finish.encode();
+            let mut body = Msg::Finish { marker_ns: 0 }.encode();
             body.push(1);
             Script::hello().body(&body)
         }),
@@ -1724,7 +1725,7 @@ fn signature_of_a_huge_sparse_file_has_bounded_memory() {
     assert!(matches!(slave.recv(), Msg::BarrierAck { id: 2 }));
     // The slave is alive and idle, waiting for the next frame: its peak is final.
     let peak = vm_hwm_kib(slave.child.id());
-    slave.send(&Msg::Finish);
+    slave.send(&Msg::Finish { marker_ns: 0 });
     let run = slave.finish();
     run.assert_finished(label);
     fx.assert_contained(label, &run);
@@ -1795,7 +1796,7 @@ fn delta_rebuild_of_a_huge_sparse_file_has_bounded_memory() {
     );
     assert!(matches!(slave.recv(), Msg::BarrierAck { id: 2 }));
     let peak = vm_hwm_kib(slave.child.id());
-    slave.send(&Msg::Finish);
+    slave.send(&Msg::Finish { marker_ns: 0 });
     let run = slave.finish();
     run.assert_finished(label);
     fx.assert_contained(label, &run);
@@ -1822,6 +1823,7 @@ fn hello_with_another_version_is_refused_naming_both() {
                     privileged: false,
                     dry_run: false,
                     fsync: FsyncPolicy::None,
+                    fence: Default::default(),
                 }))
                 .finish()
         });
@@ -1849,8 +1851,17 @@ fn banner_instead_of_a_frame_is_refused() {
         }),
         case("hello with fsync policy 9", |_| {
             let mut body = hello(false).encode();
-            *body.last_mut().unwrap() = 9;
+            // kind, magic, version, features, privileged, dry_run: then fsync.
+            body[1 + 8 + 4 + 8 + 1 + 1] = 9;
             Script::empty().body(&body).finish()
+        }),
+        case("hello with a session name that is a path", |_| {
+            let Msg::Hello(mut h) = hello(false) else {
+                unreachable!()
+            };
+            h.fence.session = b"../../etc".to_vec();
+            h.fence.epoch = 1;
+            Script::empty().msg(Msg::Hello(h)).finish()
         }),
     ]);
 }
@@ -1898,7 +1909,7 @@ fn message_before_hello_is_refused() {
         ),
         ("barrier", vec![Msg::Barrier { id: 1 }]),
         ("file-abort", vec![Msg::FileAbort { id: 1 }]),
-        ("finish", vec![Msg::Finish]),
+        ("finish", vec![Msg::Finish { marker_ns: 0 }]),
     ];
     let cases = msgs
         .into_iter()
@@ -2057,7 +2068,7 @@ fn delta_update(label: &str, wrong_hash: bool) -> (Fixture, SlaveRun, Vec<u8>) {
             meta: meta(0o644),
         },
         Msg::Barrier { id: 2 },
-        Msg::Finish,
+        Msg::Finish { marker_ns: 0 },
     ] {
         slave.send(&m);
     }

@@ -211,7 +211,7 @@ fn list_names_with_more_names_than_a_master_asks_is_refused() {
         xattrs: true,
         checksum: true,
     };
-    for m in [hello(false), list, Msg::Finish] {
+    for m in [hello(false), list, Msg::Finish { marker_ns: 0 }] {
         slave.send(&m);
     }
     let run = slave.finish();
@@ -238,7 +238,7 @@ fn dir_meta_held_until_finish_is_capped_in_bytes() {
     }
     until_ack(&mut slave, 1);
     assert_rss(label, &slave);
-    slave.send(&Msg::Finish);
+    slave.send(&Msg::Finish { marker_ns: 0 });
     let run = slave.finish();
     run.assert_no_panic(label);
     assert_eq!(run.code, Some(0), "{label}\n{run}");
@@ -332,7 +332,11 @@ fn error_frames_fit_a_frame_whatever_the_path() {
     let mut path = b"\x01/".repeat(6 << 20);
     path.extend_from_slice(b"..");
     let mut slave = Slave::spawn(&t.root);
-    for m in [hello(false), Msg::Mkdir { path }, Msg::Finish] {
+    for m in [
+        hello(false),
+        Msg::Mkdir { path },
+        Msg::Finish { marker_ns: 0 },
+    ] {
         slave.send(&m);
     }
     let run = slave.finish();
@@ -372,7 +376,10 @@ fn stream_end_after_frames_past_finish_is_an_error() {
     ] {
         let t = Local::new("past-finish");
         let mut slave = Slave::spawn(&t.root);
-        for m in [hello(false), Msg::Finish].into_iter().chain(msgs) {
+        for m in [hello(false), Msg::Finish { marker_ns: 0 }]
+            .into_iter()
+            .chain(msgs)
+        {
             slave.send(&m);
         }
         let run = slave.finish();

@@ -160,7 +160,7 @@ pub(crate) fn until_ack(slave: &mut Slave, id: u64) -> Vec<Msg> {
 
 /// Ends the session cleanly and checks it ended so, with no temporary left.
 pub(crate) fn finish_clean(label: &str, mut slave: Slave, root: &Path) {
-    slave.send(&Msg::Finish);
+    slave.send(&Msg::Finish { marker_ns: 0 });
     let run = slave.finish();
     run.assert_finished(label);
     for e in fs::read_dir(root).unwrap() {
@@ -312,7 +312,7 @@ fn temporaries_swapped_for_outside_links_change_nothing_outside() {
     // The racer's own links may stay in the replica (it may write there):
     // the link count is its doing; nothing else may differ.
     assert_canary_same(label, &before, &t.canary);
-    slave.send(&Msg::Finish);
+    slave.send(&Msg::Finish { marker_ns: 0 });
     let run = slave.finish();
     run.assert_finished(label);
     assert_canary_same(label, &before, &t.canary);
@@ -391,7 +391,7 @@ fn fifos_and_devices_never_block_the_slave() {
     racer.join().unwrap();
     assert_rss(label, &slave);
     assert_canary_kept(label, &before, &t.canary);
-    slave.send(&Msg::Finish);
+    slave.send(&Msg::Finish { marker_ns: 0 });
     slave.finish().assert_finished(label);
     assert!(lstat(&t.root.join("fifo")).file_type().is_fifo());
 }

@@ -4,6 +4,7 @@
 //! Not every test module uses every helper.
 #![allow(dead_code)]
 
+pub mod etcd;
 pub mod fixture;
 pub mod fs;
 pub mod harness;

@@ -200,6 +200,10 @@ impl Session {
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = georep();
         cmd.arg("--home").arg(&self.home).args(args);
+        // Every node of a test shares one slave and so its fencing records.
+        if let Some(test_root) = self.home.parent() {
+            cmd.env("GEOREP_SLAVE_STATE", test_root.join("slave-state"));
+        }
         cmd
     }
 
