@@ -244,6 +244,7 @@ impl SessionConfig {
             fsync: self.fsync,
             xattrs: self.sync_xattrs,
             excluder,
+            filters: Default::default(),
             source_identity: None,
             compress: self.compress,
             ssh: SshOptions {

@@ -24,7 +24,7 @@ pub mod ship;
 
 pub use crawl::Crawl;
 pub use guard::PERCENT_MIN_ENTRIES;
-pub use options::{DeleteLimits, Options};
+pub use options::{DeleteLimits, Filters, Options};
 pub use scope::{Reach, Scope};
 
 use std::collections::VecDeque;
