@@ -215,6 +215,9 @@ pub struct SyncArgs {
     /// replicated as an empty directory.
     #[arg(short = 'x', long)]
     pub one_file_system: bool,
+    /// Limit what is sent to RATE: KiB/s, or with a suffix K, M, G (1.5M, 10MB); 0: no limit.
+    #[arg(long, value_name = "RATE", value_parser = parse_bwlimit)]
+    pub bwlimit: Option<BwLimit>,
     /// Files read and shipped in parallel.
     #[arg(short, long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub jobs: u16,
@@ -229,6 +232,14 @@ pub struct SyncArgs {
     pub compress: bool,
     #[command(flatten)]
     pub ssh: SshArgs,
+}
+
+/// A parsed `--bwlimit`: bytes per second, None for no limit.
+#[derive(Clone, Copy, Debug)]
+pub struct BwLimit(pub Option<u64>);
+
+fn parse_bwlimit(s: &str) -> Result<BwLimit, String> {
+    crate::replicate::bwlimit::parse_rate(s).map(BwLimit)
 }
 
 #[derive(Args, Debug, Clone)]

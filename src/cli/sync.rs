@@ -46,6 +46,7 @@ impl SyncArgs {
                 delete_excluded: self.delete_excluded,
                 files_from,
             },
+            bwlimit: self.bwlimit.and_then(|b| b.0),
             source_identity: None,
             compress: self.compress,
             ssh: self.ssh.into(),

@@ -11,6 +11,7 @@
 //! has its final content. Memory is bounded by the walk's depth, the
 //! lookahead window and the hard-link table, not by the tree.
 
+pub mod bwlimit;
 mod crawl;
 mod guard;
 mod merge;
@@ -104,7 +105,7 @@ impl Replicator {
     ) -> Result<Replicator> {
         let source = open_source(opts)?;
         let link = transport.connect()?;
-        let conn = Conn::start(link, rep.clone());
+        let conn = Conn::start(link, rep.clone(), opts.bwlimit);
         let hello = match handshake(&conn, opts) {
             Ok(h) => h,
             Err(e) => {

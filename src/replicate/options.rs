@@ -26,6 +26,8 @@ pub struct Options {
     pub excluder: Excluder,
     /// `georep sync`'s rsync habits (sessions keep the defaults).
     pub filters: Filters,
+    /// Bytes per second the master may write to the link (None: no limit).
+    pub bwlimit: Option<u64>,
     /// The source's (device, inode) as recorded when the session was
     /// created: a source that is not that directory any more (an unmounted
     /// volume leaves its empty mount point) is refused, never mirrored.
