@@ -12,6 +12,7 @@ mod hostile_local;
 mod operator;
 mod operator_errors;
 mod regression;
+mod rsync_habits;
 mod session;
 mod ssh;
 mod support;
