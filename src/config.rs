@@ -12,6 +12,7 @@ use crate::error::Error;
 use crate::exclude::Excluder;
 use crate::lease::LeaseSpec;
 use crate::proto::FsyncPolicy;
+use crate::replicate::bwlimit::Rate;
 use crate::replicate::{DeleteLimits, Options};
 use crate::target::Target;
 use crate::transport::SshOptions;
@@ -60,6 +61,10 @@ pub struct SessionConfig {
     pub fsync: FsyncPolicy,
     #[serde(default)]
     pub compress: bool,
+    /// Most bytes per second sent to the slave (rsync's `--bwlimit`
+    /// syntax: KiB/s, or K, M, G suffixes); unset or 0: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bwlimit: Option<Rate>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -267,6 +272,8 @@ impl SessionConfig {
             fsync: self.fsync,
             xattrs: self.sync_xattrs,
             excluder,
+            filters: Default::default(),
+            bwlimit: self.bwlimit.as_ref().and_then(Rate::bytes_per_second),
             source_identity: None,
             compress: self.compress,
             ssh: SshOptions {
@@ -326,6 +333,10 @@ fn wants(key: &str) -> &'static str {
         toml::Table::try_from(SessionConfig::new("/".into(), String::new())).expect("serializes");
     match (key, defaults.get(key)) {
         ("fsync", _) => "file, batch or none",
+        ("bwlimit", _) => {
+            "a rate in KiB/s, or with a suffix K, M or G (512, 1.5M, 10MB), \
+             at least 512 bytes/s; 0 for no limit"
+        }
         ("port" | "max_delete", _) | (_, Some(toml::Value::Integer(_))) => "a number",
         (_, Some(toml::Value::Boolean(_))) => "a boolean (true or false)",
         (_, Some(toml::Value::Array(_))) => "a list of strings, e.g. [\"*.tmp\", \"build/\"]",
@@ -336,6 +347,7 @@ fn wants(key: &str) -> &'static str {
 /// Keys that are absent from a default config (unset options).
 const OPTIONAL_KEYS: &[&str] = &[
     "max_delete",
+    "bwlimit",
     "identity",
     "known_hosts",
     "port",
@@ -372,5 +384,14 @@ mod tests {
         assert!(c.set("nope", "1").is_err());
         assert!(c.set("jobs", "many").is_err());
         assert!(c.set("fsync", "sometimes").is_err());
+        c.set("bwlimit", "10M").unwrap();
+        assert_eq!(c.options().unwrap().bwlimit, Some(10 << 20));
+        c.set("bwlimit", "512").unwrap();
+        assert_eq!(c.get("bwlimit").as_deref(), Some("512"));
+        let e = c.set("bwlimit", "fast").unwrap_err().to_string();
+        assert!(e.contains("bwlimit = fast") && e.contains("KiB/s"), "{e}");
+        assert!(c.set("bwlimit", "100b").is_err(), "below rsync's minimum");
+        c.reset("bwlimit").unwrap();
+        assert_eq!(c.options().unwrap().bwlimit, None);
     }
 }

@@ -23,6 +23,7 @@ pub mod notify;
 pub mod plan;
 pub mod proto;
 pub mod replicate;
+pub mod select;
 pub mod session;
 pub mod shutdown;
 pub mod status;

@@ -4,6 +4,7 @@
 
 mod control;
 mod generate;
+mod itemize;
 mod output;
 mod session;
 mod slave;
@@ -36,7 +37,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Replicate SOURCE's contents into TARGET once, then exit.
-    Sync(SyncArgs),
+    Sync(Box<SyncArgs>),
     /// The far end: apply a master's stream under --root (speaks on stdin/stdout).
     Slave(SlaveArgs),
     /// Replication keys for SSH targets.
@@ -167,6 +168,15 @@ pub struct SyncArgs {
     /// List every change (`+` created, `>` content, `.` metadata, `-` deleted, `=` hard link).
     #[arg(short, long)]
     pub verbose: bool,
+    /// List every change in rsync's `-i` format (`>f.st...... path`; see the README).
+    #[arg(short, long)]
+    pub itemize_changes: bool,
+    /// Print rsync-style transfer statistics at the end.
+    #[arg(long)]
+    pub stats: bool,
+    /// Print nothing but errors (and the line explaining a non-zero exit).
+    #[arg(short, long, conflicts_with_all = ["verbose", "itemize_changes", "stats", "json"])]
+    pub quiet: bool,
     /// Show what would change without changing anything.
     #[arg(short = 'n', long)]
     pub dry_run: bool,
@@ -176,6 +186,9 @@ pub struct SyncArgs {
     /// Keep entries on the target that the source does not have.
     #[arg(long)]
     pub no_delete: bool,
+    /// Delete excluded entries on the target too (they are kept otherwise).
+    #[arg(long, conflicts_with_all = ["no_delete", "files_from"])]
+    pub delete_excluded: bool,
     /// Delete nothing if the run would delete more than N entries (exit 25).
     #[arg(long, value_name = "N")]
     pub max_delete: Option<u64>,
@@ -191,6 +204,20 @@ pub struct SyncArgs {
     /// Read exclude patterns from FILE (gitignore syntax; repeatable).
     #[arg(long, value_name = "FILE")]
     pub exclude_from: Vec<PathBuf>,
+    /// Replicate only the paths listed in FILE (relative to SOURCE, one a
+    /// line; `-` for stdin) and their parent directories; delete nothing.
+    #[arg(long, value_name = "FILE")]
+    pub files_from: Option<PathBuf>,
+    /// --files-from entries end with NUL, not newline (names may hold newlines).
+    #[arg(short = '0', long, requires = "files_from")]
+    pub from0: bool,
+    /// Do not cross filesystem boundaries in SOURCE: a mount point is
+    /// replicated as an empty directory.
+    #[arg(short = 'x', long)]
+    pub one_file_system: bool,
+    /// Limit what is sent to RATE: KiB/s, or with a suffix K, M, G (1.5M, 10MB); 0: no limit.
+    #[arg(long, value_name = "RATE", value_parser = parse_bwlimit)]
+    pub bwlimit: Option<BwLimit>,
     /// Files read and shipped in parallel.
     #[arg(short, long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub jobs: u16,
@@ -207,10 +234,19 @@ pub struct SyncArgs {
     pub ssh: SshArgs,
 }
 
+/// A parsed `--bwlimit`: bytes per second, None for no limit.
+#[derive(Clone, Copy, Debug)]
+pub struct BwLimit(pub Option<u64>);
+
+fn parse_bwlimit(s: &str) -> Result<BwLimit, String> {
+    crate::replicate::bwlimit::parse_rate(s).map(BwLimit)
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct SshArgs {
     /// Private key for SSH targets (ed25519, ECDSA or RSA); default: the agent, then ~/.ssh/id_*.
-    #[arg(short, long, value_name = "FILE")]
+    /// (No `-i`: that is --itemize-changes, as in rsync.)
+    #[arg(long, value_name = "FILE")]
     pub identity: Option<PathBuf>,
     /// Known hosts file checked for the slave's host key (default ~/.ssh/known_hosts).
     #[arg(long, value_name = "FILE")]
@@ -277,7 +313,7 @@ pub fn run(cli: Cli) -> Exit {
     let home = || crate::session::home(cli.home.as_deref());
     match command {
         Command::Slave(a) => slave::run(&a),
-        Command::Sync(a) => sync::run(a),
+        Command::Sync(a) => sync::run(*a),
         Command::Keys(KeysCommand::Create(a)) => keys_create(&a),
         Command::Create(a) => report(session::create(&home(), &a)),
         Command::Start {

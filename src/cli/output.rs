@@ -1,24 +1,40 @@
-//! What `georep sync` draws on a terminal: the progress bar, `-v` lines
-//! and error lines.
+//! What `georep sync` draws on a terminal: the progress bar, `-v` or `-i`
+//! lines and error lines.
 
 use std::io::{IsTerminal, Write};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use super::itemize;
 use crate::confine::show;
-use crate::replicate::observe::Observer;
+use crate::replicate::observe::{Item, Observer};
 
-/// `georep sync`'s observer: `-v` lines, errors on stderr, a progress bar
-/// when stderr is a terminal.
+/// What `georep sync` prints for each change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lines {
+    None,
+    /// `-v`: a tag and the path.
+    Verbose,
+    /// `-i`: rsync's itemized line; `remote`: the target is across SSH.
+    Itemize {
+        remote: bool,
+    },
+}
+
+/// `georep sync`'s observer: `-v` or `-i` lines, warnings and errors on
+/// stderr, a progress bar when stderr is a terminal.
 pub struct Terminal {
-    verbose: bool,
-    /// `-v` lines go to stdout unless stdout carries the JSON summary.
-    verbose_to_stderr: bool,
+    lines: Lines,
+    /// Change lines go to stdout unless stdout carries the JSON summary.
+    lines_to_stderr: bool,
+    /// `-q`: no warnings either (errors only).
+    quiet: bool,
     bar: Option<ProgressBar>,
 }
 
 impl Terminal {
-    pub fn new(verbose: bool, json: bool, progress: bool) -> Terminal {
+    pub fn new(lines: Lines, json: bool, progress: bool, quiet: bool) -> Terminal {
+        let progress = progress && !quiet;
         let bar = (progress && std::io::stderr().is_terminal()).then(|| {
             let b = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr_with_hz(5));
             b.set_style(
@@ -31,8 +47,9 @@ impl Terminal {
             b
         });
         Terminal {
-            verbose,
-            verbose_to_stderr: json,
+            lines,
+            lines_to_stderr: json,
+            quiet,
             bar,
         }
     }
@@ -53,10 +70,13 @@ impl Terminal {
 }
 
 impl Observer for Terminal {
-    fn item(&self, tag: char, path: &[u8]) {
-        if self.verbose {
-            self.print(self.verbose_to_stderr, &format!("{tag} {}", show(path)));
-        }
+    fn change(&self, item: &Item<'_>) {
+        let line = match self.lines {
+            Lines::None => return,
+            Lines::Verbose => format!("{} {}", item.what.tag(), show(item.path)),
+            Lines::Itemize { remote } => itemize::line(item, remote),
+        };
+        self.print(self.lines_to_stderr, &line);
     }
 
     fn error(&self, msg: &str) {
@@ -64,7 +84,9 @@ impl Observer for Terminal {
     }
 
     fn warn(&self, msg: &str) {
-        self.print(true, &format!("georep: warning: {msg}"));
+        if !self.quiet {
+            self.print(true, &format!("georep: warning: {msg}"));
+        }
     }
 
     fn planned(&self, bytes: u64, files_so_far: u64) {

@@ -1,15 +1,18 @@
 //! `georep sync`: validate the arguments into engine options, run one full
 //! round, print the summary.
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::path::Path;
 use std::sync::Arc;
 
-use super::output::Terminal;
+use super::itemize;
+use super::output::{Lines, Terminal};
 use super::{fail, SyncArgs};
 use crate::error::Exit;
 use crate::exclude::Excluder;
 use crate::replicate::observe::Reporter;
-use crate::replicate::{self, DeleteLimits, Options};
+use crate::replicate::{self, DeleteLimits, Filters, Options};
+use crate::select::Selection;
 use crate::target::{check_nesting, Target};
 
 impl SyncArgs {
@@ -17,10 +20,16 @@ impl SyncArgs {
         let target = Target::parse(&self.target)?;
         check_nesting(&self.source, &target)?;
         let excluder = Excluder::new(&self.exclude, &self.exclude_from)?;
+        let files_from = match &self.files_from {
+            Some(f) => Some(read_list(f, self.from0)?),
+            None => None,
+        };
         Ok(Options {
             source: self.source,
             target,
-            delete: !self.no_delete,
+            // --files-from replicates what it names; like rsync without
+            // -r, it deletes nothing.
+            delete: !self.no_delete && files_from.is_none(),
             limits: DeleteLimits {
                 max: self.max_delete,
                 ..DeleteLimits::none()
@@ -32,6 +41,12 @@ impl SyncArgs {
             fsync: self.fsync,
             xattrs: !self.no_xattrs,
             excluder,
+            filters: Filters {
+                one_file_system: self.one_file_system,
+                delete_excluded: self.delete_excluded,
+                files_from,
+            },
+            bwlimit: self.bwlimit.and_then(|b| b.0),
             source_identity: None,
             compress: self.compress,
             ssh: self.ssh.into(),
@@ -40,8 +55,27 @@ impl SyncArgs {
     }
 }
 
+/// The `--files-from` list, from FILE or (`-`) stdin.
+fn read_list(file: &Path, nul: bool) -> Result<Selection, String> {
+    let mut list = Vec::new();
+    let read = if file == Path::new("-") {
+        std::io::stdin().lock().read_to_end(&mut list).map(|_| ())
+    } else {
+        std::fs::File::open(file).and_then(|mut f| f.read_to_end(&mut list).map(|_| ()))
+    };
+    read.map_err(|e| format!("--files-from {}: {e}", file.display()))?;
+    Selection::parse(&list, nul).map_err(|e| format!("--files-from {}: {e}", file.display()))
+}
+
 pub fn run(a: SyncArgs) -> Exit {
-    let (json, verbose, progress) = (a.json, a.verbose, !a.no_progress);
+    let (json, stats, progress, quiet) = (a.json, a.stats, !a.no_progress, a.quiet);
+    let lines = match (a.itemize_changes, a.verbose) {
+        (true, _) => Lines::Itemize {
+            remote: matches!(Target::parse(&a.target), Ok(Target::Ssh { .. })),
+        },
+        (false, true) => Lines::Verbose,
+        (false, false) => Lines::None,
+    };
     let opts = match a.validate() {
         Ok(o) => o,
         Err(e) => {
@@ -50,7 +84,7 @@ pub fn run(a: SyncArgs) -> Exit {
         }
     };
     let rep = Arc::new(Reporter::new(Box::new(Terminal::new(
-        verbose, json, progress,
+        lines, json, progress, quiet,
     ))));
     if let Err(e) = stop_on_signals(rep.clone()) {
         eprintln!("georep: warning: cannot handle signals: {e}");
@@ -65,6 +99,11 @@ pub fn run(a: SyncArgs) -> Exit {
     }
     match result {
         Ok(summary) => {
+            if stats && json {
+                let _ = write!(std::io::stderr().lock(), "{}", itemize::stats(&summary));
+            } else if stats {
+                let _ = write!(std::io::stdout().lock(), "{}", itemize::stats(&summary));
+            }
             if json {
                 let mut out = std::io::stdout().lock();
                 let _ = serde_json::to_writer(&mut out, &summary);

@@ -18,6 +18,7 @@ use crate::confine::show;
 use crate::error::{Error, Result};
 use crate::proto::frame as wire;
 use crate::proto::{Msg, Side};
+use crate::replicate::bwlimit::Throttled;
 use crate::replicate::observe::Reporter;
 use crate::transport::{Ending, Link};
 
@@ -49,11 +50,16 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn start(link: Link, reporter: Arc<Reporter>) -> Conn {
+    /// Starts the connection's threads; `bwlimit` (bytes per second) paces
+    /// what goes out (see [`super::bwlimit`]).
+    pub fn start(link: Link, reporter: Arc<Reporter>, bwlimit: Option<u64>) -> Conn {
         let shared = Arc::new(Shared::default());
         let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(32);
         let s = shared.clone();
-        let writer = link.writer;
+        let writer: Box<dyn Write + Send> = match bwlimit {
+            Some(rate) => Box::new(Throttled::new(link.writer, rate)),
+            None => link.writer,
+        };
         let sender = std::thread::spawn(move || send_loop(writer, rx, &s));
         let s = shared.clone();
         let reader = link.reader;
@@ -148,6 +154,7 @@ impl Drop for Conn {
     }
 }
 
+/// The one place frames are written to the link.
 fn send_loop(writer: Box<dyn Write + Send>, rx: Receiver<Vec<u8>>, s: &Shared) {
     let mut w = BufWriter::with_capacity(1 << 20, writer);
     // On a write error the loop just stops: the receiver learns why (the

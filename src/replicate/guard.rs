@@ -5,6 +5,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::conn::Conn;
+use super::observe::{Diff, Item, What};
 use super::walk::Planner;
 use crate::confine::{join, show};
 use crate::error::{Error, Result};
@@ -22,7 +23,14 @@ pub const DELETE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60
 /// A slave entry the round would remove.
 pub(super) struct Doomed {
     pub(super) path: Vec<u8>,
-    pub(super) dir: bool,
+    /// The slave entry's type.
+    pub(super) kind: Kind,
+}
+
+impl Doomed {
+    pub(super) fn dir(&self) -> bool {
+        self.kind == Kind::Dir
+    }
 }
 
 impl Planner<'_> {
@@ -30,7 +38,7 @@ impl Planner<'_> {
     pub(super) fn doom(&mut self, dir: &[u8], s: &Entry) {
         self.doomed.push(Doomed {
             path: join(dir, &s.name),
-            dir: s.kind == Kind::Dir,
+            kind: s.kind,
         });
     }
 
@@ -47,7 +55,7 @@ impl Planner<'_> {
             let mut cost = 0u64;
             for d in &doomed {
                 cost += 1;
-                if d.dir && cost < max_cost {
+                if d.dir() && cost < max_cost {
                     cost += count_below(self.conn, &d.path, max_cost - cost)?;
                 }
                 if cost >= max_cost {
@@ -113,7 +121,13 @@ impl Planner<'_> {
         }
         self.removed = self.removed_cost.take().unwrap_or(doomed.len() as u64);
         for d in doomed {
-            self.rep.item('-', &d.path);
+            self.rep.change(&Item {
+                what: What::Deleted,
+                kind: d.kind,
+                path: &d.path,
+                diff: Diff::default(),
+                target: None,
+            });
             self.rep.counters.entries_deleted.fetch_add(1, Relaxed);
             self.mutate(&Msg::Remove { path: d.path })?;
         }

@@ -5,12 +5,14 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
+use super::observe::{Diff, Item, What};
 use super::ship::{self, DataJob};
-use super::walk::{DirTask, Leader, Listing, Planner};
+use super::walk::{DeferredLink, DirTask, Leader, Listing, Planner};
 use crate::confine::{join, show, PathError};
 use crate::error::Result;
-use crate::meta::{self, Entry, Kind, Meta, ScanOpts};
+use crate::meta::{self, Entry, Kind, Meta, ScanOpts, Xattrs};
 use crate::proto::Msg;
+use crate::select::Selection;
 
 /// Smaller files (old or new) travel whole: a signature's round trip costs
 /// more than the few KiB a delta could save.
@@ -31,6 +33,14 @@ impl Planner<'_> {
             // Not created yet (a dry run into a missing target root).
             _ => (None, Vec::new()),
         };
+        if self.opts.filters.one_file_system && !rel.is_empty() && Some(master.dev) != self.root_dev
+        {
+            // Another filesystem (`-x`): replicated as an empty directory
+            // with the mounted root's metadata, as rsync -x does; what the
+            // target holds in it is left alone.
+            self.dir_meta(rel, master, slave_this.as_ref(), false)?;
+            return Ok(Vec::new());
+        }
         let dir = match self.source.open_dir(rel) {
             Ok(d) => d,
             Err(e) => return self.unreadable_dir(rel, e),
@@ -51,19 +61,21 @@ impl Planner<'_> {
                 )
             }
         };
-        entries.retain(|e| {
-            !self
-                .opts
-                .excluder
-                .excluded(&join(rel, &e.name), e.kind == Kind::Dir)
-        });
+        let selection = self.opts.filters.files_from.as_ref();
+        if let Some(sel) = selection {
+            entries.retain(|e| sel.contains(rel, &e.name));
+            self.check_selection(rel, &entries, sel);
+        }
+        let excluder = &self.opts.excluder;
+        entries.retain(|e| !excluder.excluded(&join(rel, &e.name), e.kind == Kind::Dir));
+        // Excluded (and unselected) target entries are protected from
+        // deletion, unless --delete-excluded.
+        let protect = !self.opts.filters.delete_excluded;
         let slave_entries: Vec<Entry> = slave_entries
             .into_iter()
             .filter(|e| {
-                !self
-                    .opts
-                    .excluder
-                    .excluded(&join(rel, &e.name), e.kind == Kind::Dir)
+                selection.is_none_or(|sel| sel.contains(rel, &e.name))
+                    && !(protect && excluder.excluded(&join(rel, &e.name), e.kind == Kind::Dir))
             })
             .collect();
 
@@ -74,6 +86,9 @@ impl Planner<'_> {
         let mut s_iter = slave_entries.into_iter().peekable();
         for m in entries {
             self.rep.counters.files_total.fetch_add(1, Relaxed);
+            if m.kind == Kind::Regular {
+                self.rep.counters.total_size.fetch_add(m.size, Relaxed);
+            }
             // Slave-only names sorting before this one are extras.
             while let Some(s) = s_iter.next_if(|s| s.name < m.name) {
                 changed |= self.delete(rel, &s)?;
@@ -92,13 +107,24 @@ impl Planner<'_> {
                 Some(_) => self.source_root_empty(),
             };
         }
+        self.dir_meta(rel, master, slave_this.as_ref(), changed)?;
+        Ok(children)
+    }
 
-        let meta_differs = slave_this
-            .as_ref()
-            .is_none_or(|s| self.meta_differs(Kind::Dir, &master.meta, &s.meta));
+    /// A directory's own metadata, sent when it differs or its entries
+    /// `changed` (which moves the target's mtime).
+    fn dir_meta(
+        &self,
+        rel: &[u8],
+        master: &Entry,
+        slave: Option<&Entry>,
+        changed: bool,
+    ) -> Result<()> {
+        let diff = slave.map(|s| self.meta_diff(Kind::Dir, &master.meta, &s.meta));
+        let meta_differs = diff.is_none_or(|d| d.meta());
         if changed || meta_differs {
-            if meta_differs && slave_this.is_some() {
-                self.rep.item('.', rel);
+            if let Some(diff) = diff.filter(Diff::meta) {
+                self.tell(What::Meta, rel, master, diff);
                 self.rep.counters.meta_updated.fetch_add(1, Relaxed);
             }
             self.mutate(&Msg::DirMeta {
@@ -106,7 +132,40 @@ impl Planner<'_> {
                 meta: master.meta.clone(),
             })?;
         }
-        Ok(children)
+        Ok(())
+    }
+
+    /// `--files-from`: a listed path the source lacks, or one below a
+    /// non-directory, is a failure of that entry (rsync's exit 23).
+    fn check_selection(&self, rel: &[u8], entries: &[Entry], sel: &Selection) {
+        for name in sel.names_in(rel) {
+            let path = join(rel, name);
+            match entries.binary_search_by(|e| e.name.as_slice().cmp(name)) {
+                Err(_) => self.rep.error(
+                    &path,
+                    &format!("{}: named by --files-from, not in SOURCE", show(&path)),
+                ),
+                Ok(i) if entries[i].kind != Kind::Dir && sel.leads_on(&path) => self.rep.error(
+                    &path,
+                    &format!(
+                        "{}: not a directory, but --files-from names paths below it",
+                        show(&path)
+                    ),
+                ),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Tells a change of `path`, whose source entry is `m`.
+    pub(super) fn tell(&self, what: What, path: &[u8], m: &Entry, diff: Diff) {
+        self.rep.change(&Item {
+            what,
+            kind: m.kind,
+            path,
+            diff,
+            target: (m.kind == Kind::Symlink).then_some(m.target.as_slice()),
+        });
     }
 
     /// The entries of `names` (sorted) that exist in a source directory.
@@ -153,12 +212,20 @@ impl Planner<'_> {
         Ok(true)
     }
 
-    pub(super) fn meta_differs(&self, kind: Kind, m: &Meta, s: &Meta) -> bool {
-        (kind != Kind::Symlink && m.mode != s.mode)
-            || m.mtime_sec != s.mtime_sec
-            || m.mtime_nsec != s.mtime_nsec
-            || (self.owners && (m.uid != s.uid || m.gid != s.gid))
-            || (self.scan.xattrs && m.xattrs != s.xattrs)
+    /// The metadata that differs between a source entry and its replica
+    /// (what the target's owners and attributes can be, that is).
+    pub(super) fn meta_diff(&self, kind: Kind, m: &Meta, s: &Meta) -> Diff {
+        let xattrs = self.scan.xattrs && m.xattrs != s.xattrs;
+        let acl = xattrs && acls(&m.xattrs).ne(acls(&s.xattrs));
+        Diff {
+            perms: kind != Kind::Symlink && m.mode != s.mode,
+            time: m.mtime_sec != s.mtime_sec || m.mtime_nsec != s.mtime_nsec,
+            owner: self.owners && m.uid != s.uid,
+            group: self.owners && m.gid != s.gid,
+            acl,
+            xattrs: xattrs && others(&m.xattrs).ne(others(&s.xattrs)),
+            ..Diff::default()
+        }
     }
 
     /// Brings one slave entry in line with its source entry; returns whether
@@ -174,7 +241,8 @@ impl Planner<'_> {
         let mut changed = false;
         let s = match s {
             Some(s) if s.kind != m.kind => {
-                // A type change: the old entry goes first.
+                // A type change: the old entry goes first (told as the new
+                // one's creation, as rsync does).
                 self.rep.counters.entries_deleted.fetch_add(1, Relaxed);
                 self.mutate(&Msg::Remove {
                     path: path.to_vec(),
@@ -189,7 +257,7 @@ impl Planner<'_> {
                 let slave = match s {
                     Some(_) => Listing::Pending,
                     None => {
-                        self.created(path);
+                        self.created(path, &m);
                         self.mutate(&Msg::Mkdir {
                             path: path.to_vec(),
                         })?;
@@ -224,10 +292,15 @@ impl Planner<'_> {
                 match (keep, &s) {
                     (Some(s), _) => self.update_meta(path, &m, s)?,
                     (None, old) => {
-                        if old.is_some() {
-                            self.rep.item('>', path);
-                        } else {
-                            self.created(path);
+                        match old {
+                            Some(s) => {
+                                let diff = Diff {
+                                    content: !same(s),
+                                    ..self.meta_diff(kind, &m.meta, &s.meta)
+                                };
+                                self.tell(What::Updated, path, &m, diff);
+                            }
+                            None => self.created(path, &m),
                         }
                         self.mutate(&match kind {
                             Kind::Symlink => Msg::Symlink {
@@ -264,8 +337,18 @@ impl Planner<'_> {
         let leader = self.links.get(&(m.dev, m.ino))?;
         let linked = matches!((s, leader.slave_ino), (Some(s), Some(ino)) if s.ino == ino);
         if !linked {
-            self.deferred_links
-                .push((path.to_vec(), leader.rel.clone()));
+            let diff = s.map_or_else(Diff::default, |s| Diff {
+                size: m.kind == Kind::Regular && s.size != m.size,
+                ..self.meta_diff(m.kind, &m.meta, &s.meta)
+            });
+            let target = leader.rel.clone();
+            self.deferred_links.push(DeferredLink {
+                path: path.to_vec(),
+                target,
+                kind: m.kind,
+                created: s.is_none(),
+                diff,
+            });
         }
         Some(!linked)
     }
@@ -279,14 +362,15 @@ impl Planner<'_> {
         }
     }
 
-    pub(super) fn created(&self, path: &[u8]) {
-        self.rep.item('+', path);
+    pub(super) fn created(&self, path: &[u8], m: &Entry) {
+        self.tell(What::Created, path, m, Diff::default());
         self.rep.counters.entries_created.fetch_add(1, Relaxed);
     }
 
     pub(super) fn update_meta(&self, path: &[u8], m: &Entry, s: &Entry) -> Result<()> {
-        if self.meta_differs(m.kind, &m.meta, &s.meta) {
-            self.rep.item('.', path);
+        let diff = self.meta_diff(m.kind, &m.meta, &s.meta);
+        if diff.meta() {
+            self.tell(What::Meta, path, m, diff);
             self.rep.counters.meta_updated.fetch_add(1, Relaxed);
             self.mutate(&Msg::SetMeta {
                 path: path.to_vec(),
@@ -308,23 +392,27 @@ impl Planner<'_> {
         if let Some(linked) = self.follower(path, &m, s.as_ref()) {
             return Ok(linked);
         }
-        let needs_data = match &s {
-            None => true,
-            Some(s) => {
-                s.meta.mtime_sec != m.meta.mtime_sec
-                    || s.meta.mtime_nsec != m.meta.mtime_nsec
-                    || s.size != m.size
+        let diff = s.as_ref().map(|s| {
+            let mut d = self.meta_diff(Kind::Regular, &m.meta, &s.meta);
+            d.size = s.size != m.size;
+            // Read only when size and time cannot tell (`--checksum`).
+            d.content =
+                !d.size && !d.time && self.opts.checksum && s.hash != self.hash_source(dir, &m);
+            d
+        });
+        let needs_data = match (&s, diff) {
+            (Some(s), Some(d)) => {
+                d.time || d.size || d.content
                     // The slave shares this inode with names it should not.
                     || (!in_group && s.nlink > 1)
-                    || (self.opts.checksum && s.hash != self.hash_source(dir, &m))
             }
+            _ => true,
         };
         self.lead(path, &m, s.as_ref().filter(|_| !needs_data).map(|s| s.ino));
         if !needs_data {
             self.update_meta(path, &m, s.as_ref().expect("present"))?;
             return Ok(false);
         }
-        let created = s.is_none();
         let basis = s
             .filter(|s| !self.opts.whole_file && s.size.min(m.size) >= DELTA_MIN)
             .map(|s| s.size);
@@ -337,7 +425,8 @@ impl Planner<'_> {
                 None => c.bytes_literal.fetch_add(m.size, Relaxed),
             };
             c.files_transferred.fetch_add(1, Relaxed);
-            ship::sent(self.rep, path, created);
+            c.transferred_size.fetch_add(m.size, Relaxed);
+            ship::sent(self.rep, path, diff);
             return Ok(true);
         }
         // Told (`+`, `>`) once sent: a file that cannot be read was not created.
@@ -346,7 +435,7 @@ impl Planner<'_> {
             dir: dir.clone(),
             name: m.name,
             basis,
-            created,
+            diff,
         };
         if self
             .jobs
@@ -369,6 +458,18 @@ impl Planner<'_> {
         };
         meta::stat_entry(dir.as_fd(), &m.name, opts).ok()?.hash
     }
+}
+
+/// The POSIX ACLs among extended attributes (rsync's `a`).
+fn acls(x: &Xattrs) -> impl Iterator<Item = &(Vec<u8>, Vec<u8>)> {
+    x.iter()
+        .filter(|(n, _)| n.starts_with(b"system.posix_acl_"))
+}
+
+/// The other extended attributes (rsync's `x`).
+fn others(x: &Xattrs) -> impl Iterator<Item = &(Vec<u8>, Vec<u8>)> {
+    x.iter()
+        .filter(|(n, _)| !n.starts_with(b"system.posix_acl_"))
 }
 
 /// Whether a source path error means the directory is no longer there.

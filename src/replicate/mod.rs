@@ -11,6 +11,7 @@
 //! has its final content. Memory is bounded by the walk's depth, the
 //! lookahead window and the hard-link table, not by the tree.
 
+pub mod bwlimit;
 mod crawl;
 mod guard;
 mod merge;
@@ -24,7 +25,7 @@ pub mod ship;
 
 pub use crawl::Crawl;
 pub use guard::PERCENT_MIN_ENTRIES;
-pub use options::{DeleteLimits, Options};
+pub use options::{DeleteLimits, Filters, Options};
 pub use scope::{Reach, Scope};
 
 use std::collections::VecDeque;
@@ -106,7 +107,7 @@ impl Replicator {
     ) -> Result<Replicator> {
         let source = open_source(opts)?;
         let link = transport.connect()?;
-        let conn = Conn::start(link, rep.clone());
+        let conn = Conn::start(link, rep.clone(), opts.bwlimit);
         let hello = match handshake(&conn, opts) {
             Ok(h) => h,
             Err(e) => {

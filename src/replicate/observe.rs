@@ -9,6 +9,8 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::meta::Kind;
+
 #[derive(Default)]
 pub struct Counters {
     pub files_total: AtomicU64,
@@ -25,6 +27,11 @@ pub struct Counters {
     pub deletions_refused: AtomicU64,
     /// Dry run: size of the files a real run would send as deltas.
     pub bytes_delta_basis: AtomicU64,
+    /// Size of the regular files the run compared.
+    pub total_size: AtomicU64,
+    /// Size of the regular files whose content was sent (or, in a dry
+    /// run, would be).
+    pub transferred_size: AtomicU64,
 }
 
 /// The `--json` summary.
@@ -47,6 +54,10 @@ pub struct Summary {
     /// against the target's copy (what they cost on the wire is known only
     /// by sending them; `bytes_literal` counts files sent whole).
     pub bytes_delta_basis: u64,
+    /// Size of the regular files compared (rsync's "Total file size").
+    pub total_size: u64,
+    /// Size of the files whose content was sent ("Total transferred file size").
+    pub transferred_size: u64,
     pub elapsed_seconds: f64,
     pub dry_run: bool,
     /// Why deletions were refused, if they were.
@@ -54,10 +65,86 @@ pub struct Summary {
     pub refused: Option<String>,
 }
 
+/// What became of an entry (its `-v` tag in brackets).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum What {
+    /// Created on the target (`+`).
+    Created,
+    /// Content sent, or a symlink or device replaced (`>`).
+    Updated,
+    /// Metadata only (`.`).
+    Meta,
+    /// Deleted from the target (`-`).
+    Deleted,
+    /// Made a hard link to another name of its group (`=`); `new`: the
+    /// target had no entry of this name.
+    Linked { new: bool },
+    /// Renamed on the target as the journal saw it (`R`; sessions only).
+    Renamed,
+}
+
+impl What {
+    /// The `-v` tag.
+    pub fn tag(self) -> char {
+        match self {
+            What::Created => '+',
+            What::Updated => '>',
+            What::Meta => '.',
+            What::Deleted => '-',
+            What::Linked { .. } => '=',
+            What::Renamed => 'R',
+        }
+    }
+}
+
+/// Which attributes of an entry differ between the source and the target
+/// (the letters of rsync's `--itemize-changes`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Diff {
+    /// Content (known only with `--checksum`), a symlink's target or a
+    /// device's number.
+    pub content: bool,
+    pub size: bool,
+    pub time: bool,
+    pub perms: bool,
+    pub owner: bool,
+    pub group: bool,
+    /// POSIX ACLs (the `system.posix_acl_*` attributes).
+    pub acl: bool,
+    /// Other extended attributes.
+    pub xattrs: bool,
+}
+
+impl Diff {
+    /// Whether any metadata differs (content and size aside).
+    pub fn meta(&self) -> bool {
+        self.time || self.perms || self.owner || self.group || self.acl || self.xattrs
+    }
+}
+
+/// One change, as much as the engine knows of it.
+#[derive(Clone, Copy, Debug)]
+pub struct Item<'a> {
+    pub what: What,
+    /// The entry's type (of the target's entry, for a deletion: only
+    /// whether it is a directory is known there).
+    pub kind: Kind,
+    pub path: &'a [u8],
+    pub diff: Diff,
+    /// A symlink's target; for a hard link, the name it joins; for a
+    /// rename, the old name.
+    pub target: Option<&'a [u8]>,
+}
+
 /// Where a run's messages go. Every method has a silent default.
 pub trait Observer: Send + Sync {
     /// A change, `-v` style: a one-character tag and the path.
     fn item(&self, _tag: char, _path: &[u8]) {}
+    /// A change with what is known of it (for `--itemize-changes`); by
+    /// default told as [`Observer::item`].
+    fn change(&self, item: &Item<'_>) {
+        self.item(item.what.tag(), item.path);
+    }
     /// A failure of one entry (the run goes on).
     fn error(&self, _msg: &str) {}
     fn warn(&self, _msg: &str) {}
@@ -121,9 +208,9 @@ impl Reporter {
         self.interrupted.load(Relaxed)
     }
 
-    pub fn item(&self, tag: char, path: &[u8]) {
+    pub fn change(&self, item: &Item<'_>) {
         if !self.quiet() {
-            self.observer.item(tag, path);
+            self.observer.change(item);
         }
     }
 
@@ -197,6 +284,8 @@ impl Reporter {
             vanished: c.vanished.load(Relaxed),
             deletions_refused: c.deletions_refused.load(Relaxed),
             bytes_delta_basis: c.bytes_delta_basis.load(Relaxed),
+            total_size: c.total_size.load(Relaxed),
+            transferred_size: c.transferred_size.load(Relaxed),
             elapsed_seconds: self.started.elapsed().as_secs_f64(),
             dry_run,
             refused: None,

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use crate::exclude::Excluder;
 use crate::proto::FsyncPolicy;
+use crate::select::Selection;
 use crate::target::Target;
 use crate::transport::SshOptions;
 
@@ -23,6 +24,10 @@ pub struct Options {
     pub fsync: FsyncPolicy,
     pub xattrs: bool,
     pub excluder: Excluder,
+    /// `georep sync`'s rsync habits (sessions keep the defaults).
+    pub filters: Filters,
+    /// Bytes per second the master may write to the link (None: no limit).
+    pub bwlimit: Option<u64>,
     /// The source's (device, inode) as recorded when the session was
     /// created: a source that is not that directory any more (an unmounted
     /// volume leaves its empty mount point) is refused, never mirrored.
@@ -58,4 +63,17 @@ impl DeleteLimits {
     pub fn active(&self) -> bool {
         self.max.is_some() || self.percent.is_some()
     }
+}
+
+/// What a run leaves out besides the excluder, and how it treats what it
+/// leaves out on the target.
+#[derive(Clone, Debug, Default)]
+pub struct Filters {
+    /// `-x`: directories on another filesystem than the source root are
+    /// replicated empty; nothing below them is read, nor deleted on the target.
+    pub one_file_system: bool,
+    /// `--delete-excluded`: excluded entries on the target are deleted too.
+    pub delete_excluded: bool,
+    /// `--files-from`: only these paths (and their parent directories).
+    pub files_from: Option<Selection>,
 }

@@ -1,6 +1,7 @@
 //! A round's scope: where it starts (the root for a full round; for a
 //! journal batch, its renames, then the directories it touched).
 
+use super::observe::{Diff, Item, What};
 use super::walk::{DirTask, Listing, Planner};
 use crate::confine::Root;
 use crate::error::Result;
@@ -90,7 +91,13 @@ impl Planner<'_> {
             && !self.excluded_path(from, is_dir)
             && !self.excluded_path(to, is_dir)
         {
-            self.rep.item('R', to);
+            self.rep.change(&Item {
+                what: What::Renamed,
+                kind: k,
+                path: to,
+                diff: Diff::default(),
+                target: Some(from),
+            });
             self.mutate(&Msg::Rename {
                 from: from.to_vec(),
                 to: to.to_vec(),

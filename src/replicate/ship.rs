@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::meta::{self, Kind, Meta, XattrTarget};
 use crate::proto::Msg;
 use crate::replicate::conn::Conn;
-use crate::replicate::observe::Reporter;
+use crate::replicate::observe::{Diff, Item, Reporter, What};
 
 /// Whole-file data goes in frames of this size.
 const CHUNK: usize = 256 << 10;
@@ -30,17 +30,26 @@ pub struct DataJob {
     pub name: Vec<u8>,
     /// Size of the slave's current version, when a delta against it makes sense.
     pub basis: Option<u64>,
-    /// The slave has no entry of this name yet.
-    pub created: bool,
+    /// How the slave's entry of this name differs; None: it has none yet.
+    pub diff: Option<Diff>,
 }
 
-/// Tells and counts a file whose content went out (or would, in a dry run).
-pub fn sent(rep: &Reporter, rel: &[u8], created: bool) {
-    if created {
-        rep.item('+', rel);
+/// Tells and counts a file whose content went out (or would, in a dry
+/// run); `diff` as in [`DataJob`].
+pub fn sent(rep: &Reporter, rel: &[u8], diff: Option<Diff>) {
+    let what = match diff {
+        None => What::Created,
+        Some(_) => What::Updated,
+    };
+    rep.change(&Item {
+        what,
+        kind: Kind::Regular,
+        path: rel,
+        diff: diff.unwrap_or_default(),
+        target: None,
+    });
+    if diff.is_none() {
         rep.counters.entries_created.fetch_add(1, Relaxed);
-    } else {
-        rep.item('>', rel);
     }
 }
 
@@ -66,7 +75,8 @@ fn pack(data: Vec<u8>, compress: bool) -> (Vec<u8>, bool) {
 
 /// What one attempt found.
 enum Outcome {
-    Sent,
+    /// Sent, this many bytes long.
+    Sent(u64),
     /// The file changed while being read: the slave was told to drop it.
     Torn,
     /// Gone or no longer a regular file: the next run settles it.
@@ -106,9 +116,10 @@ impl Verdicts {
 pub fn run(conn: &Conn, job: DataJob, o: JobOpts, rep: &Reporter, v: &Verdicts) -> Result<()> {
     for _ in 0..ATTEMPTS {
         match attempt(conn, &job, o, rep, v) {
-            Ok(Outcome::Sent) => {
+            Ok(Outcome::Sent(size)) => {
                 rep.counters.files_transferred.fetch_add(1, Relaxed);
-                sent(rep, &job.rel, job.created);
+                rep.counters.transferred_size.fetch_add(size, Relaxed);
+                sent(rep, &job.rel, job.diff);
                 return Ok(());
             }
             Ok(Outcome::Torn) => continue,
@@ -251,7 +262,7 @@ fn attempt(
         hash: *hasher.finalize().as_bytes(),
         meta: Meta::from_stat(&after, xattrs),
     })?;
-    Ok(Outcome::Sent)
+    Ok(Outcome::Sent(size))
 }
 
 /// Asks the slave for its version's signature and the length it signed;

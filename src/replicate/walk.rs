@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use super::conn::{Conn, CONTROL};
 use super::guard::Doomed;
-use super::observe::Reporter;
+use super::observe::{Diff, Item, Reporter, What};
 use super::options::Options;
 use super::ship::{self, DataJob, JobOpts, Verdicts};
 use crate::confine::{show, Root};
@@ -43,6 +43,18 @@ pub(super) enum Listing {
     Requested(Receiver<Msg>),
 }
 
+/// A further name of a hard-link group, linked at the round's end.
+pub(super) struct DeferredLink {
+    pub(super) path: Vec<u8>,
+    /// The group's name on the slave that it joins.
+    pub(super) target: Vec<u8>,
+    pub(super) kind: Kind,
+    /// The slave had no entry of this name...
+    pub(super) created: bool,
+    /// ...or one that differs so.
+    pub(super) diff: Diff,
+}
+
 /// A hard-link group, by the source's (dev, ino).
 pub(super) struct Leader {
     pub(super) rel: Vec<u8>,
@@ -59,7 +71,9 @@ pub(super) struct Planner<'a> {
     /// The slave can set owners (runs as root).
     pub(super) owners: bool,
     pub(super) links: HashMap<(u64, u64), Leader>,
-    pub(super) deferred_links: Vec<(Vec<u8>, Vec<u8>)>,
+    pub(super) deferred_links: Vec<DeferredLink>,
+    /// The source root's filesystem (for `-x`).
+    pub(super) root_dev: Option<u64>,
     pub(super) jobs: Option<mpsc::SyncSender<DataJob>>,
     pub(super) job_opts: JobOpts,
     pub(super) in_flight: usize,
@@ -103,6 +117,7 @@ impl<'a> Planner<'a> {
         hello: &Hello,
     ) -> Self {
         let xattrs = opts.xattrs && hello.features & proto::feature::XATTRS != 0;
+        let root_dev = rustix::fs::fstat(source.fd()).ok().map(|st| st.st_dev);
         Planner {
             opts,
             conn,
@@ -116,6 +131,7 @@ impl<'a> Planner<'a> {
             owners: hello.privileged,
             links: HashMap::new(),
             deferred_links: Vec::new(),
+            root_dev,
             jobs: None,
             job_opts: JobOpts {
                 xattrs,
@@ -191,9 +207,18 @@ impl<'a> Planner<'a> {
         let left = self.suspend(left)?;
         let refused = self.settle_deletes()?;
         self.settle_retries()?;
-        for (path, target) in std::mem::take(&mut self.deferred_links) {
-            self.rep.item('=', &path);
-            self.mutate(&Msg::Link { path, target })?;
+        for l in std::mem::take(&mut self.deferred_links) {
+            self.rep.change(&Item {
+                what: What::Linked { new: l.created },
+                kind: l.kind,
+                path: &l.path,
+                diff: l.diff,
+                target: Some(&l.target),
+            });
+            self.mutate(&Msg::Link {
+                path: l.path,
+                target: l.target,
+            })?;
         }
         let finish = Msg::Finish {
             marker_ns: self.marker_ns,

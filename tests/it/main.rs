@@ -13,6 +13,7 @@ mod nodes;
 mod operator;
 mod operator_errors;
 mod regression;
+mod rsync_habits;
 mod session;
 mod ssh;
 mod support;

@@ -124,7 +124,7 @@ georep_test!(operator_missing_commands_exit_6_and_5, |t: TestDir| {
     let sshd = Sshd::start(&t.root);
     let key = sshd.user_key(KeyKind::Ed25519);
     let known = sshd.known_hosts();
-    let opts = ["-i", p(&key), "--known-hosts", p(&known)];
+    let opts = ["--identity", p(&key), "--known-hosts", p(&known)];
     let url = sshd.url(&t.path("remote"));
     let run = t.sync_between(
         &[&opts[..], &["--remote-command", "/nope"]].concat(),
@@ -196,7 +196,7 @@ georep_test!(
         let bare = t.path("bare-home");
         mkdir(&bare);
         let key = sshd.user_key(KeyKind::Ed25519);
-        run_as(&bare, &["-i", p(&key), "--accept-new-host-key"]).assert_code(0);
+        run_as(&bare, &["--identity", p(&key), "--accept-new-host-key"]).assert_code(0);
         let ssh_dir = bare.join(".ssh");
         let mode = std::fs::metadata(&ssh_dir).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
