@@ -331,8 +331,10 @@ fn sigkill_takeover(t: TestDir, lease: &str, n: usize) {
     c.wait_event(&format!("passive n{old} none"), seen);
     write_file(&t.src.join("after/restart"), b"with the old node back");
     c.nodes[new].wait_converged("with the old node passive");
-    let st = c.nodes[new].status();
-    assert_eq!(st["nodes"].as_array().map(Vec::len), Some(n), "{st}");
+    // Every node shows in the active one's status (as last published).
+    c.nodes[new].wait_status("every node listed", Duration::from_secs(10), |st| {
+        st["nodes"].as_array().map(Vec::len) == Some(n)
+    });
     sampler.finish();
     let rec = c.record();
     assert_eq!(rec.epoch, c.epoch_of(new), "{rec:?}");
