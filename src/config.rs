@@ -96,6 +96,10 @@ pub struct SessionConfig {
     /// takes over about this long after the active one died.
     #[serde(default = "d::lease_ttl")]
     pub lease_ttl: u64,
+    /// The daemon's log level (error, warn, info, debug, trace, or any
+    /// `RUST_LOG` directive); `RUST_LOG` itself wins when set.
+    #[serde(default = "d::log_level")]
+    pub log_level: String,
 }
 
 /// Defaults, chosen for sub-second lag.
@@ -129,6 +133,9 @@ mod d {
     }
     pub fn lease_ttl() -> u64 {
         2
+    }
+    pub fn log_level() -> String {
+        "info".into()
     }
     pub fn fsync() -> super::FsyncPolicy {
         super::FsyncPolicy::Batch
@@ -249,6 +256,8 @@ impl SessionConfig {
             ));
         }
         self.lease_spec()?;
+        tracing_subscriber::EnvFilter::try_new(&self.log_level)
+            .map_err(|e| Error::Usage(format!("log_level {:?}: {e}", self.log_level)))?;
         crate::lease::valid_node(&self.node_name()).map_err(Error::Usage)?;
         if !(1..=3600).contains(&self.lease_ttl) {
             return Err(Error::Usage("lease_ttl is 1 to 3600 seconds".into()));

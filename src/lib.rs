@@ -16,6 +16,7 @@ pub mod hooks;
 pub mod journal;
 pub mod keys;
 pub mod lease;
+pub mod logging;
 pub mod meta;
 pub mod metrics;
 pub mod monitor;

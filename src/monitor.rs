@@ -22,7 +22,8 @@ use crate::session::{process_is_gone, Daemon, Session};
 use crate::shutdown::Shutdown;
 use crate::status::{Board, CrawlStatus, State, Status};
 use crate::watch::Recorder;
-use crate::worker::{log, Worker};
+use crate::worker::Worker;
+use tracing::{error, info, warn};
 
 /// Longest wait between two attempts of a failing session.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -31,10 +32,18 @@ const ESCALATE_AT: Duration = Duration::from_secs(8);
 
 /// Runs the daemon in this process until SIGTERM/SIGINT.
 pub fn run_foreground(s: &Session) -> Exit {
+    let level = s
+        .config()
+        .map(|c| c.log_level)
+        .unwrap_or_else(|_| "info".into());
+    if let Err(e) = crate::logging::init_daemon(&level) {
+        eprintln!("georep daemon: {e}");
+        return e.exit();
+    }
     match Monitor::start(s).and_then(|mut m| m.run()) {
         Ok(()) => Exit::Ok,
         Err(e) => {
-            log(&format!("georep daemon: {e}"));
+            error!("georep daemon: {e}");
             e.exit()
         }
     }
@@ -100,18 +109,18 @@ impl Monitor {
         let recorder = match Recorder::start(&config.source, writer.sender()) {
             Ok(r) => Some(r),
             Err(e) => {
-                log(&format!("not watching: {e}; relying on full crawls"));
+                warn!("not watching: {e}; relying on full crawls");
                 status.watch_limit = true;
                 status.last_error = Some(e.to_string());
                 None
             }
         };
-        log(&format!(
+        info!(
             "session {} started (pid {pid}): {} -> {}",
             s.name,
             config.source.display(),
             config.target
-        ));
+        );
         // Reported before the pid says "ready": a reader never sees the last
         // daemon's report (Active, nothing pending) as this one's.
         let first = status.last_synced.is_none();
@@ -124,7 +133,7 @@ impl Monitor {
         let hooks = Hooks::new(
             config.hooks_dir.clone(),
             HOOK_TIMEOUT,
-            Arc::new(|msg: &str| log(&format!("hook: {msg}"))),
+            Arc::new(|msg: &str| warn!(target: "georep::hooks", "{msg}")),
         );
         let keeper = match crate::lease::backend(
             &config.lease_spec()?,
@@ -138,12 +147,12 @@ impl Monitor {
                     state: "Initializing".into(),
                     ..NodeReport::default()
                 };
-                log(&format!(
+                info!(
                     "node {}: {} decides which node ships (lease ttl {} s)",
                     config.node_name(),
                     config.lease,
                     config.lease_ttl
-                ));
+                );
                 let k = Arc::new(Keeper::start(
                     backend,
                     config.lease_ttl(),
@@ -161,9 +170,7 @@ impl Monitor {
         let control = match control::serve(s, controls.clone(), shutdown.clone()) {
             Ok(c) => Some(c),
             Err(e) => {
-                log(&format!(
-                    "no control socket ({e}): pause, checkpoint and rescan need it"
-                ));
+                info!("no control socket ({e}): pause, checkpoint and rescan need it");
                 None
             }
         };
@@ -253,13 +260,13 @@ impl Monitor {
             if self.worker.keeper.is_some() && self.fence().is_none() {
                 // The lease ran out while shipping (or the slave stopped
                 // this node's link for a newer epoch): not a fault.
-                log(&format!("lost the lease while shipping: {e}"));
+                warn!("lost the lease while shipping: {e}");
                 continue;
             }
             if e.is_fenced() {
                 // Another node took over while this one was away (paused,
                 // stopped past its lease): it is the writer now.
-                log(&format!("fenced by the slave: {e}"));
+                warn!("fenced by the slave: {e}");
                 if let Some(k) = &self.worker.keeper {
                     k.fenced(self.worker.epoch);
                 }
@@ -293,7 +300,7 @@ impl Monitor {
         st.pid = None;
         self.worker.publish();
         self.worker.finish();
-        log("stopped");
+        info!("stopped");
         Ok(())
     }
 
@@ -317,7 +324,7 @@ impl Monitor {
     fn passive(&mut self) {
         let st = &mut self.worker.board.status;
         if st.state != State::Passive {
-            log("passive: another node ships (waiting for the lease)");
+            info!("passive: another node ships (waiting for the lease)");
         }
         st.state = State::Passive;
         st.crawl = None;
@@ -341,7 +348,7 @@ impl Monitor {
     /// Paused: the recorder journals on, nothing ships, no connection is
     /// held; a checkpoint the slave already has still completes.
     fn pause(&mut self) {
-        log("paused: recording changes, shipping nothing");
+        info!("paused: recording changes, shipping nothing");
         let st = &mut self.worker.board.status;
         st.state = State::Paused;
         st.crawl = None;
@@ -352,14 +359,14 @@ impl Monitor {
                 .wait(None, Instant::now() + Duration::from_secs(60));
         }
         if !self.shutdown.stopping() {
-            log("resumed");
+            info!("resumed");
             self.worker.board.status.state = State::Initializing;
             self.worker.publish();
         }
     }
 
     fn fault(&mut self, why: &str) {
-        log(&format!("faulty: {why}"));
+        warn!("faulty: {why}");
         let st = &mut self.worker.board.status;
         st.state = State::Faulty;
         st.faults += 1;
@@ -450,6 +457,9 @@ pub fn start_background(home: &Path, s: &Session) -> Result<i32, Error> {
         .arg("--home")
         .arg(home)
         .args(["start", &s.name, "--foreground"])
+        // It opens the log itself, to reopen it on SIGHUP; stderr (panics,
+        // a local slave's messages) goes there too.
+        .env(crate::logging::LOG_FILE_ENV, s.log_path())
         .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(state("log"))?)
         .stderr(log)

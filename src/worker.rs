@@ -15,7 +15,6 @@
 //! replicates. What to do when a whole round fails is the monitor's
 //! business.
 
-use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -33,22 +32,17 @@ use crate::replicate::{Crawl, Replicator, RoundOutcome, Scope};
 use crate::shutdown::{Shutdown, Wake};
 use crate::status::{Board, CrawlStatus, State};
 use crate::watch::Recorder;
-
-/// A line in the daemon's log, with a Unix timestamp.
-pub fn log(msg: &str) {
-    let now = journal::now_ns() as f64 / 1e9;
-    let _ = writeln!(std::io::stderr().lock(), "[{now:.3}] {msg}");
-}
+use tracing::{debug, info, warn};
 
 /// The engine's messages, into the daemon's log.
 pub struct LogObserver;
 
 impl Observer for LogObserver {
     fn error(&self, msg: &str) {
-        log(msg);
+        tracing::error!(target: "georep::engine", "{msg}");
     }
     fn warn(&self, msg: &str) {
-        log(&format!("warning: {msg}"));
+        tracing::warn!(target: "georep::engine", "{msg}");
     }
 }
 
@@ -144,7 +138,7 @@ impl Worker {
             self.board.status.watch_limit |= r.watch_limit_hit();
         }
         if let Err(e) = self.board.publish() {
-            log(&format!("writing status: {e}"));
+            warn!("writing status: {e}");
         }
     }
 
@@ -175,7 +169,7 @@ impl Worker {
     /// node ever synced gets the start-up crawl as usual.
     fn take_over(&mut self, r: &Replicator) -> Result<(), Error> {
         let f = r.slave_fence();
-        log(&format!(
+        info!(
             "active: holding the lease under epoch {} (the slave's marker is {}, from epoch {})",
             self.epoch,
             if f.marker_time_ns > 0 {
@@ -184,15 +178,15 @@ impl Worker {
                 "unset".to_string()
             },
             f.marker_epoch
-        ));
+        );
         if f.marker_time_ns > 0 {
             let m = self
                 .journal
                 .replay_from(f.marker_time_ns - TAKEOVER_MARGIN_NS)?;
-            log(&format!(
+            info!(
                 "takeover: replaying this node's journal after change {}, crawling between live changes",
                 m.seq
-            ));
+            );
             self.full_owed = false;
             self.crawl_needed();
         }
@@ -244,7 +238,7 @@ impl Worker {
             let mut subtrees = Vec::new();
             for path in self.controls.take_rescans() {
                 if path.is_empty() {
-                    log("rescan: crawling the whole tree between live changes");
+                    info!("rescan: crawling the whole tree between live changes");
                     self.crawl_owed = true;
                 } else {
                     subtrees.push(path);
@@ -252,13 +246,13 @@ impl Worker {
             }
             if !subtrees.is_empty() {
                 for p in &subtrees {
-                    log(&format!("rescan: {}", String::from_utf8_lossy(p)));
+                    info!("rescan: {}", String::from_utf8_lossy(p));
                 }
                 self.entries_round(r, rep, &subtrees)?;
                 continue;
             }
             if self.crawl.is_none() && std::mem::take(&mut self.crawl_owed) {
-                log("reconciling: crawling the whole tree between live changes");
+                info!("reconciling: crawling the whole tree between live changes");
                 self.crawl = Some(Crawl::new());
                 self.crawl_started_ns = journal::now_ns();
                 self.needed_running = std::mem::take(&mut self.needed_owed);
@@ -289,6 +283,7 @@ impl Worker {
                 time_ns: last.time_ns,
             };
             r.set_marker(ack.time_ns);
+            let (began, sent_before) = (Instant::now(), r.traffic().0);
             match plan(&batch) {
                 Some(scope) => {
                     if self.round(r, rep, &scope, ack.seq)?.needs_full {
@@ -300,11 +295,18 @@ impl Worker {
                 // ack below may pass the loss before that crawl ends: safe,
                 // since a crawl is owed until it does, and every start crawls.
                 None => {
-                    log("events were lost (inotify queue overflow): reconciling with a crawl");
+                    warn!("events were lost (inotify queue overflow): reconciling with a crawl");
                     self.crawl_needed();
                 }
             }
             self.journal.ack(ack)?;
+            debug!(
+                changes = batch.len(),
+                bytes = r.traffic().0 - sent_before,
+                ms = began.elapsed().as_millis() as u64,
+                upto = ack.seq,
+                "batch shipped"
+            );
             self.shipped += batch.len() as u64;
             self.trim(true);
             self.synced(rep, r);
@@ -385,7 +387,7 @@ impl Worker {
             self.board.status.crawl = Some(CrawlStatus::Full);
         }
         self.publish();
-        log("crawling the whole tree");
+        info!("crawling the whole tree");
         let started = Instant::now();
         let started_ns = journal::now_ns();
         // Everything changed before the crawl started is on the slave after it.
@@ -395,11 +397,11 @@ impl Worker {
         self.controls.crawling(None);
         done?;
         self.journal.clear_failures_under(b"", started_ns)?;
-        log(&format!(
+        info!(
             "crawled in {:.1} s: {} files sent so far",
             started.elapsed().as_secs_f64(),
             rep.counters.files_transferred.load(Relaxed)
-        ));
+        );
         self.journal.ack(Marker {
             seq: upto,
             time_ns: journal::now_ns(),
@@ -455,11 +457,11 @@ impl Worker {
             self.crawl_needed();
         }
         if crawl.done() {
-            log(&format!(
+            info!(
                 "reconciled in {:.1} s, {} slice(s)",
                 self.last_full.elapsed().as_secs_f64(),
                 crawl.slices
-            ));
+            );
             self.journal
                 .clear_failures_under(b"", self.crawl_started_ns)?;
             self.needed_running = false;
@@ -565,7 +567,7 @@ impl Worker {
         let now = journal::now_ns() as f64 / 1e9;
         match self.controls.complete_checkpoint(&self.journal, cp, now) {
             Ok(Some(done)) => {
-                log(&format!("checkpoint of {:.3} completed", done.time));
+                info!("checkpoint of {:.3} completed", done.time);
                 let st = &mut self.board.status;
                 st.checkpoint_time = Some(done.time);
                 st.checkpoint_completed = true;
@@ -574,7 +576,7 @@ impl Worker {
                 self.board.fire(Event::CheckpointCompleted);
             }
             Ok(None) => {}
-            Err(e) => log(&format!("recording the checkpoint: {e}")),
+            Err(e) => tracing::error!("recording the checkpoint: {e}"),
         }
     }
 

@@ -13,6 +13,7 @@ use georep::hooks::{Event, HookEnv, Hooks};
 
 use crate::support::{georep_test, TestDir};
 
+mod logs;
 pub mod metrics;
 mod packaging;
 

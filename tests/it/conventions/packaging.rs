@@ -240,6 +240,7 @@ fn package_file_list() {
         "./usr/share/fish/vendor_completions.d/georep.fish",
         "./usr/lib/systemd/system/georep@.service",
         "./etc/georep/volumes.toml",
+        "./etc/logrotate.d/georep",
         "./usr/share/doc/georep/keys/README.md",
         "./usr/share/doc/georep/examples/hooks/log-faulty",
     ] {
