@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use rand::rngs::StdRng;
-use rand::{RngCore, SeedableRng};
+use rand::{Rng, SeedableRng};
 use rustix::fs::{AtFlags, FileType, Mode, Timespec, Timestamps, CWD, UTIME_OMIT};
 
 /// A path from raw bytes (names on Linux are bytes, not UTF-8).
