@@ -29,6 +29,8 @@ use crate::status::{CrawlProgress, Report, State, Status};
 const MAX_REQUEST: u64 = 64 * 1024;
 /// How long either side waits for the other.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `status` waits for a live answer before it shows the last report.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "lowercase")]
@@ -335,11 +337,15 @@ fn reply_to(mut conn: &UnixStream, reply: &Reply) -> std::io::Result<()> {
 /// The CLI's end: one request to a running daemon. Err if no daemon
 /// answers (the caller falls back to the files).
 pub fn request(socket: &Path, req: &Request) -> Result<Reply, Error> {
+    request_within(socket, req, IO_TIMEOUT)
+}
+
+fn request_within(socket: &Path, req: &Request, timeout: Duration) -> Result<Reply, Error> {
     let shown = || format!("control socket {}", socket.display());
     let conn =
         with_short_path(socket, |p| UnixStream::connect(p)).map_err(|e| Error::io(shown(), e))?;
-    conn.set_read_timeout(Some(IO_TIMEOUT))
-        .and_then(|_| conn.set_write_timeout(Some(IO_TIMEOUT)))
+    conn.set_read_timeout(Some(timeout))
+        .and_then(|_| conn.set_write_timeout(Some(timeout)))
         .map_err(|e| Error::io(shown(), e))?;
     let mut line = serde_json::to_vec(req).expect("request serializes");
     line.push(b'\n');
@@ -391,14 +397,30 @@ fn offline(session: &Session, req: &Request) -> Result<Reply, Error> {
     Ok(reply)
 }
 
-/// A session's status: live from its daemon, else as last reported.
+/// A session's status: live from its daemon, else as last reported. A
+/// daemon that does not answer in [`STATUS_TIMEOUT`] (stopped, wedged) gets
+/// its last report, saying so: status must not hang with it.
 pub fn status(session: &Session) -> Result<Status, Error> {
     if let Daemon::Running(_) = session.daemon() {
-        if let Ok(Reply {
-            status: Some(st), ..
-        }) = request(&session.control_path(), &Request::Status)
-        {
-            return Ok(*st);
+        match request_within(&session.control_path(), &Request::Status, STATUS_TIMEOUT) {
+            Ok(Reply {
+                status: Some(st), ..
+            }) => return Ok(*st),
+            Err(Error::Io { source, .. })
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                let mut st = Status::read(session)?;
+                st.last_error = Some(format!(
+                    "the daemon did not answer on its control socket within {} s \
+                     (stopped or busy?); this is its last report",
+                    STATUS_TIMEOUT.as_secs()
+                ));
+                return Ok(st);
+            }
+            _ => {}
         }
     }
     Status::read(session)

@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::config::SessionConfig;
 use crate::control::{self, Controls};
 use crate::error::{state, Error, Exit};
 use crate::hooks::{Event, Hooks};
@@ -135,35 +136,10 @@ impl Monitor {
             HOOK_TIMEOUT,
             Arc::new(|msg: &str| warn!(target: "georep::hooks", "{msg}")),
         );
-        let keeper = match crate::lease::backend(
-            &config.lease_spec()?,
-            &s.name,
-            &config.node_name(),
-            config.lease_ttl(),
-        )? {
-            Some(backend) => {
-                let report = NodeReport {
-                    node: config.node_name(),
-                    state: "Initializing".into(),
-                    ..NodeReport::default()
-                };
-                info!(
-                    "node {}: {} decides which node ships (lease ttl {} s)",
-                    config.node_name(),
-                    config.lease,
-                    config.lease_ttl
-                );
-                let k = Arc::new(Keeper::start(
-                    backend,
-                    config.lease_ttl(),
-                    report,
-                    shutdown.clone(),
-                ));
-                let _ = controls.keeper.set(k.clone());
-                Some(k)
-            }
-            None => None,
-        };
+        let keeper = lease_keeper(s, &config, &shutdown)?;
+        if let Some(k) = &keeper {
+            let _ = controls.keeper.set(k.clone());
+        }
         let mut board = Board::new(s, status, controls.report.clone(), hooks);
         board.keeper = keeper.clone();
         board.publish()?;
@@ -389,6 +365,34 @@ impl Monitor {
         self.fault(&format!("{why} (not retried: {then})"));
         while !self.shutdown.sleep(Duration::from_secs(3600)) {}
     }
+}
+
+/// A multi-node session's lease keeper (None without a lease).
+fn lease_keeper(
+    s: &Session,
+    config: &SessionConfig,
+    shutdown: &Arc<Shutdown>,
+) -> Result<Option<Arc<Keeper>>, Error> {
+    let node = config.node_name();
+    let ttl = config.lease_ttl();
+    let Some(backend) = crate::lease::backend(&config.lease_spec()?, &s.name, &node, ttl)? else {
+        return Ok(None);
+    };
+    info!(
+        "node {node}: {} decides which node ships (lease ttl {} s)",
+        config.lease, config.lease_ttl
+    );
+    let report = NodeReport {
+        node,
+        state: "Initializing".into(),
+        ..NodeReport::default()
+    };
+    Ok(Some(Arc::new(Keeper::start(
+        backend,
+        ttl,
+        report,
+        shutdown.clone(),
+    ))))
 }
 
 /// Serves `/metrics` from the daemon's latest report and its journal.

@@ -193,8 +193,12 @@ impl Status {
     /// has them now. Without a running daemon the journal records nothing,
     /// so an empty backlog says nothing about the lag: unknown.
     pub fn fill_from_journal(&mut self, j: &Journal, running: bool) {
-        if let Ok((entry, data, meta)) = j.pending_by_kind() {
-            self.pending = Pending { entry, data, meta };
+        // A passive node's journal is what it would replay on a takeover,
+        // not a backlog: the active node's is in `nodes`.
+        match j.pending_by_kind() {
+            _ if self.state == State::Passive => self.pending = Pending::default(),
+            Ok((entry, data, meta)) => self.pending = Pending { entry, data, meta },
+            Err(_) => {}
         }
         if let Ok(m) = j.marker() {
             if m.time_ns > 0 {
@@ -202,8 +206,6 @@ impl Status {
             }
         }
         self.lag_seconds = match j.oldest_pending_ns() {
-            // A passive node ships nothing: its backlog is no lag (the
-            // active node's is in `nodes`).
             _ if self.state == State::Passive => None,
             Ok(Some(t)) => Some(((journal::now_ns() - t) as f64 / 1e9).max(0.0)),
             Ok(None) if running && self.last_synced.is_some() => Some(0.0),

@@ -69,7 +69,8 @@ struct Sampler {
     stop: Arc<AtomicBool>,
     frozen: Arc<Mutex<BTreeSet<usize>>>,
     violations: Arc<Mutex<Vec<String>>>,
-    samples: Arc<Mutex<u64>>,
+    /// Samples taken, and the longest one.
+    samples: Arc<Mutex<(u64, Duration)>>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
@@ -78,7 +79,7 @@ impl Sampler {
         let stop = Arc::new(AtomicBool::new(false));
         let frozen = Arc::new(Mutex::new(BTreeSet::new()));
         let violations = Arc::new(Mutex::new(Vec::new()));
-        let samples = Arc::new(Mutex::new(0));
+        let samples = Arc::new(Mutex::new((0u64, Duration::ZERO)));
         let (s, f, v, n) = (
             stop.clone(),
             frozen.clone(),
@@ -88,14 +89,18 @@ impl Sampler {
         let thread = thread::spawn(move || {
             while !s.load(SeqCst) {
                 let frozen = f.lock().unwrap().clone();
+                let began = Instant::now();
                 let st = states(&homes, &frozen);
+                let took = began.elapsed();
                 let active: Vec<_> = st.iter().filter(|(_, s)| s == "Active").collect();
                 if active.len() > 1 {
                     v.lock()
                         .unwrap()
                         .push(format!("two Active at once: {st:?}"));
                 }
-                *n.lock().unwrap() += 1;
+                let mut n = n.lock().unwrap();
+                n.0 += 1;
+                n.1 = n.1.max(took);
                 thread::sleep(ms(50));
             }
         });
@@ -121,7 +126,7 @@ impl Sampler {
     /// the machine); panics with what broke the rule.
     fn finish(mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while *self.samples.lock().unwrap() < 10 && Instant::now() < deadline {
+        while self.samples.lock().unwrap().0 < 10 && Instant::now() < deadline {
             thread::sleep(ms(50));
         }
         self.stop.store(true, SeqCst);
@@ -130,7 +135,11 @@ impl Sampler {
         }
         let v = self.violations.lock().unwrap();
         assert!(v.is_empty(), "{}", v.join("\n"));
-        assert!(*self.samples.lock().unwrap() > 10, "the sampler hardly ran");
+        let (n, longest) = *self.samples.lock().unwrap();
+        assert!(
+            n >= 10,
+            "the sampler hardly ran: {n} samples, the longest {longest:?}"
+        );
     }
 }
 
@@ -335,6 +344,19 @@ fn sigkill_takeover(t: TestDir, lease: &str, n: usize) {
     c.nodes[new].wait_status("every node listed", Duration::from_secs(10), |st| {
         st["nodes"].as_array().map(Vec::len) == Some(n)
     });
+    // The table says the same, on any node (each node's view of the others
+    // is as of its last lease round).
+    let start = Instant::now();
+    loop {
+        let table = c.nodes[old].run(&["status", NAME]);
+        table.assert_code(0);
+        let listed = (0..n).all(|i| table.stdout.contains(&format!("node n{i}")));
+        if listed && table.stdout.contains(&format!("Active, epoch {new_epoch}")) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "{table}");
+        thread::sleep(ms(100));
+    }
     sampler.finish();
     let rec = c.record();
     assert_eq!(rec.epoch, c.epoch_of(new), "{rec:?}");
@@ -415,8 +437,9 @@ fn sigstop_fencing(t: TestDir, lease: &str) {
     let a_epoch = c.epoch_of(a);
     let a_slave = c.slave_of(a).expect("the active node's slave");
     let pid = c.nodes[a].daemon_pid().expect("the active daemon");
-    signal(pid, Signal::STOP);
+    // Frozen first: a stopped daemon cannot answer status.
     sampler.freeze(a, true);
+    signal(pid, Signal::STOP);
     write_file(
         &t.src.join("while-stopped/x"),
         b"written while the active node is stopped",
@@ -448,8 +471,8 @@ fn sigstop_fencing(t: TestDir, lease: &str) {
     assert!(c.record().refused >= 1);
     // The old node wakes: it must not ship under its old epoch again.
     signal(pid, Signal::CONT);
-    sampler.freeze(a, false);
     c.nodes[a].wait_status("the woken node", CONVERGE, |st| state(st) == "Passive");
+    sampler.freeze(a, false);
     write_file(&t.src.join("after-wake"), b"only b ships");
     c.nodes[b].wait_converged("with the woken node passive");
     let rec = c.record();
