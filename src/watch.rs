@@ -152,7 +152,13 @@ impl Recorder {
         let shown = root.display().to_string();
         // Never follow symlinks: a link to a directory inside the tree would
         // share its inotify watch and report its changes under the link's name.
-        let config = notify::Config::default().with_follow_symlinks(false);
+        // And no open/close events (IN_OPEN, IN_CLOSE_*): they change
+        // nothing, yet every file the shipper reads would queue two, waking
+        // the recorder for each and filling the kernel's queue towards an
+        // overflow (which costs a crawl).
+        let config = notify::Config::default()
+            .with_follow_symlinks(false)
+            .with_event_kinds(notify::EventKindMask::CORE);
         let mut watcher = notify::RecommendedWatcher::new(move |res| s.handle(res), config)
             .map_err(|source| WatchError::Notify {
                 path: shown.clone(),
