@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,7 @@ use crate::replicate::observe::Reporter;
 use crate::session::{Daemon, Session};
 use crate::shutdown::Shutdown;
 use crate::status::{CrawlProgress, Report, State, Status};
+use tracing::warn;
 
 /// Longest request line accepted.
 const MAX_REQUEST: u64 = 64 * 1024;
@@ -31,6 +32,8 @@ const MAX_REQUEST: u64 = 64 * 1024;
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `status` waits for a live answer before it shows the last report.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long `checkpoint now` waits for its barrier to be journaled.
+const BARRIER_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "lowercase")]
@@ -206,6 +209,7 @@ pub fn serve(
     session: &Session,
     controls: Arc<Controls>,
     shutdown: Arc<Shutdown>,
+    barriers: Option<PathBuf>,
 ) -> Result<Server, Error> {
     let path = session.control_path();
     // A socket left by a daemon that died; the session lock is ours.
@@ -225,6 +229,8 @@ pub fn serve(
         controls,
         shutdown,
         journal,
+        barriers,
+        tokens: AtomicU64::new(0),
     };
     std::thread::spawn(move || {
         for conn in listener.incoming().flatten() {
@@ -239,6 +245,9 @@ struct Handler {
     controls: Arc<Controls>,
     shutdown: Arc<Shutdown>,
     journal: Journal,
+    /// The recorder's barrier directory, when the tree is watched.
+    barriers: Option<PathBuf>,
+    tokens: AtomicU64,
 }
 
 impl Handler {
@@ -276,7 +285,10 @@ impl Handler {
                 c.paused.store(pause, SeqCst);
             }
             Request::Checkpoint { time } => {
-                let cp = self.journal.checkpoint_at(time_ns(time)?)?;
+                let cp = match time_ns(time)? {
+                    None => self.checkpoint_now()?,
+                    t => self.journal.checkpoint_at(t)?,
+                };
                 c.set_checkpoint(&self.journal, cp)?;
                 reply.checkpoint = Some(cp);
             }
@@ -285,6 +297,51 @@ impl Handler {
         }
         self.shutdown.poke();
         Ok(reply)
+    }
+}
+
+impl Handler {
+    /// A checkpoint of every change made before now, including those whose
+    /// events are still on their way from the kernel: a barrier file goes
+    /// through the recorder's inotify queue behind them, and the checkpoint
+    /// is the barrier's journal position. Without a barrier (the tree is not
+    /// watched, or the recorder is behind), the journal as written now.
+    fn checkpoint_now(&self) -> Result<Checkpoint, Error> {
+        let now = crate::journal::now_ns();
+        let fallback = || self.journal.checkpoint_at(None).map_err(Error::from);
+        let Some(dir) = &self.barriers else {
+            return fallback();
+        };
+        let n = self.tokens.fetch_add(1, SeqCst);
+        let token = format!("{now}-{n}");
+        let file = dir.join(&token);
+        let deadline = Instant::now() + BARRIER_WAIT;
+        let mut seen = self.journal.last_seq()?;
+        if let Err(e) = std::fs::File::create(&file) {
+            warn!("checkpoint barrier {}: {e}", file.display());
+            return fallback();
+        }
+        let found = loop {
+            if let Some(seq) = self.journal.barrier_seq(token.as_bytes())? {
+                break Some(seq);
+            }
+            if !self.shutdown.wait_committed(seen, deadline) {
+                break None;
+            }
+            seen = self.journal.last_seq()?;
+        };
+        let _ = std::fs::remove_file(&file);
+        match found {
+            Some(seq) => Ok(Checkpoint {
+                time: now as f64 / 1e9,
+                seq,
+                completed_at: None,
+            }),
+            None => {
+                warn!("checkpoint barrier not journaled in time: using the journal as written");
+                fallback()
+            }
+        }
     }
 }
 

@@ -124,12 +124,22 @@ pub struct ScanOpts {
 
 pub use crate::fsutil::{is_temp_name, TEMP_PREFIX};
 
-/// Lists a directory, sorted by name bytes, skipping entries that vanish
-/// between readdir and lstat. Stray georep temporaries are returned in
-/// `temps` instead of the listing.
-pub fn scan_dir(dir: BorrowedFd, opts: ScanOpts) -> io::Result<(Vec<Entry>, Vec<Vec<u8>>)> {
+/// A directory's listing.
+pub struct Scan {
+    /// Sorted by name bytes.
+    pub entries: Vec<Entry>,
+    /// Stray georep temporaries, kept out of `entries`.
+    pub temps: Vec<Vec<u8>>,
+    /// Names readdir gave that were gone by the time of their lstat.
+    pub vanished: Vec<Vec<u8>>,
+}
+
+/// Lists a directory, sorted by name bytes; entries that vanish between
+/// readdir and lstat are named apart.
+pub fn scan_dir(dir: BorrowedFd, opts: ScanOpts) -> io::Result<Scan> {
     let mut entries = Vec::new();
     let mut temps = Vec::new();
+    let mut vanished = Vec::new();
     let mut reader = rustix::fs::Dir::read_from(dir)?;
     while let Some(ent) = reader.read() {
         let ent = ent?;
@@ -143,12 +153,16 @@ pub fn scan_dir(dir: BorrowedFd, opts: ScanOpts) -> io::Result<(Vec<Entry>, Vec<
         }
         match stat_entry(dir, name, opts) {
             Ok(e) => entries.push(e),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => vanished.push(name.to_vec()),
             Err(e) => return Err(e),
         }
     }
     entries.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-    Ok((entries, temps))
+    Ok(Scan {
+        entries,
+        temps,
+        vanished,
+    })
 }
 
 /// Reads one entry of `dir` without following it.

@@ -107,8 +107,20 @@ impl Monitor {
         status.pid = Some(pid as i32);
         let controls = Controls::new(journal.paused()?, journal.checkpoint()?);
         // Recording starts before the first crawl, so nothing written during it is lost.
+        let mut barriers = None;
         let recorder = match Recorder::start(&config.source, writer.sender()) {
-            Ok(r) => Some(r),
+            Ok(mut r) => {
+                // `checkpoint now` marks the journal through the recorder.
+                let dir = s.barrier_dir();
+                let _ = std::fs::remove_dir_all(&dir);
+                match std::fs::create_dir(&dir).map_err(|e| e.to_string()).and_then(|_| {
+                    r.watch_barriers(&dir).map_err(|e| e.to_string())
+                }) {
+                    Ok(()) => barriers = Some(dir),
+                    Err(e) => warn!("checkpoints stand for the journal as written: {e}"),
+                }
+                Some(r)
+            }
             Err(e) => {
                 warn!("not watching: {e}; relying on full crawls");
                 status.watch_limit = true;
@@ -143,7 +155,7 @@ impl Monitor {
         let mut board = Board::new(s, status, controls.report.clone(), hooks);
         board.keeper = keeper.clone();
         board.publish()?;
-        let control = match control::serve(s, controls.clone(), shutdown.clone()) {
+        let control = match control::serve(s, controls.clone(), shutdown.clone(), barriers) {
             Ok(c) => Some(c),
             Err(e) => {
                 info!("no control socket ({e}): pause, checkpoint and rescan need it");
@@ -263,9 +275,10 @@ impl Monitor {
                 break;
             }
             // A round that keeps failing may be one a targeted merge
-            // cannot apply: let a crawl try, paced between live changes.
+            // cannot apply: a crawl, paced between live changes, takes it
+            // over, and the changes after it flow meanwhile.
             if backoff >= ESCALATE_AT {
-                self.worker.crawl_needed();
+                self.worker.skip_failing_batch();
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }

@@ -51,6 +51,7 @@ pub fn plan(batch: &[Change]) -> Option<Scope> {
                 dirs.push((path, Reach::Names(Vec::new())));
             }
             Op::Remove | Op::MovedFrom => dirs.push(entry_of(&path)),
+            Op::Barrier => {}
         }
     }
     Some(Scope::Changes { renames, dirs })

@@ -169,6 +169,11 @@ impl Session {
         self.dir.join("control.sock")
     }
 
+    /// Where `checkpoint now` drops its barrier files (see watch.rs).
+    pub fn barrier_dir(&self) -> PathBuf {
+        self.dir.join("barriers")
+    }
+
     /// The daemon's pid, if one is running and ready: it holds a lock on the
     /// pid file from its start, and writes its pid there once it is set up.
     pub fn running_pid(&self) -> Option<i32> {

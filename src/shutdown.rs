@@ -87,6 +87,22 @@ impl Shutdown {
         }
     }
 
+    /// Waits until a journal commit past `past`, a stop or `deadline`,
+    /// leaving pokes to the worker; returns whether such a commit came.
+    pub fn wait_committed(&self, past: u64, deadline: Instant) -> bool {
+        let mut seen = self.seen.lock().unwrap();
+        loop {
+            if seen.committed > past {
+                return true;
+            }
+            let now = Instant::now();
+            if seen.stop || now >= deadline {
+                return false;
+            }
+            seen = self.cv.wait_timeout(seen, deadline - now).unwrap().0;
+        }
+    }
+
     /// Sleeps for `d` unless stopped or poked first; returns whether it was
     /// stopped.
     pub fn sleep(&self, d: Duration) -> bool {

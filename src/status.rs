@@ -93,7 +93,7 @@ pub struct Status {
     #[serde(default)]
     pub checkpoint_completion_time: Option<f64>,
     pub files_synced: u64,
-    /// Changes shipped per second since the daemon started.
+    /// Changes shipped per second over the last minute.
     #[serde(default)]
     pub rate: Option<f64>,
     pub bytes_sent: u64,
@@ -279,7 +279,8 @@ impl Board {
         let (from, to) = (self.announced, self.status.state);
         if from != to {
             self.announced = to;
-            if from == State::Paused {
+            // Stopping (or a fault) while paused resumes nothing.
+            if from == State::Paused && !matches!(to, State::Stopped | State::Faulty) {
                 self.fire(Event::Resumed);
             }
             match (from, to) {

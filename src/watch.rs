@@ -12,7 +12,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use notify::event::{CreateKind, ModifyKind, RemoveKind, RenameMode};
@@ -44,6 +44,8 @@ struct Shared {
     /// The kernel refused a watch: the tree is only partly watched.
     watch_limit: AtomicBool,
     stop: AtomicBool,
+    /// A private directory whose new files are checkpoint barriers.
+    barrier: OnceLock<PathBuf>,
 }
 
 impl Shared {
@@ -88,6 +90,16 @@ impl Shared {
                 return;
             }
         };
+        if let (Some(dir), Some(p)) = (self.barrier.get(), ev.paths.first()) {
+            if p.starts_with(dir) {
+                // One inotify queue: every event before it is recorded.
+                if let (EventKind::Create(_), Some(token)) = (ev.kind, p.file_name()) {
+                    let token = token.as_bytes().to_vec();
+                    self.record(NewChange::now(Op::Barrier, token, None));
+                }
+                return;
+            }
+        }
         if ev.need_rescan() {
             let path = ev
                 .paths
@@ -147,6 +159,7 @@ impl Recorder {
             owed: AtomicBool::new(false),
             watch_limit: AtomicBool::new(false),
             stop: AtomicBool::new(false),
+            barrier: OnceLock::new(),
         });
         let s = shared.clone();
         let shown = root.display().to_string();
@@ -188,6 +201,21 @@ impl Recorder {
             shared,
             payer: Some(payer),
         })
+    }
+
+    /// Watches `dir` (outside the tree) for checkpoint barriers: a file
+    /// created there is journaled as [`Op::Barrier`] after every change the
+    /// kernel reported before it, since one inotify queue carries both.
+    pub fn watch_barriers(&mut self, dir: &Path) -> Result<(), WatchError> {
+        let err = |source| WatchError::Notify {
+            path: dir.display().to_string(),
+            source,
+        };
+        self._watcher
+            .watch(dir, RecursiveMode::NonRecursive)
+            .map_err(err)?;
+        let _ = self.shared.barrier.set(dir.to_path_buf());
+        Ok(())
     }
 
     /// Whether the kernel refused a watch (the tree is only partly watched,

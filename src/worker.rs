@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::SessionConfig;
+use crate::confine::show;
 use crate::control::Controls;
 use crate::error::Error;
 use crate::hooks::Event;
@@ -70,17 +71,25 @@ pub struct Worker {
     /// The start-up crawl is owed (every start: changes made while no
     /// daemon ran are in no journal).
     pub full_owed: bool,
-    /// Bytes sent over connections already closed.
+    /// Bytes sent and files transferred over connections already closed
+    /// (and by earlier runs): the counters never go down.
     bytes_before: u64,
+    files_before: u64,
+    /// The live batch being shipped, until it is acked.
+    in_flight: Option<Marker>,
+    /// Subtrees to rescan once the crawl in progress ends, and those the
+    /// crawl in progress rescans.
+    rescans: Vec<Vec<u8>>,
+    rescanning: Vec<Vec<u8>>,
     controls: Arc<Controls>,
     /// Journal changes shipped since the daemon started, for the rate.
     shipped: u64,
     /// Rounds that went through (the monitor's backoff starts over after one).
     pub rounds_ok: u64,
     last_trim: Instant,
+    rate: Rate,
     /// Entries in the replica, as the last connection counted them.
     replica_estimate: Option<u64>,
-    started: Instant,
     /// A multi-node session's lease; None: this node alone ships.
     pub keeper: Option<Arc<Keeper>>,
     /// The lease epoch this connection writes under (0 without a lease).
@@ -106,6 +115,7 @@ impl Worker {
         recorder: Option<Recorder>,
         controls: Arc<Controls>,
     ) -> Worker {
+        let (bytes_before, files_before) = (board.status.bytes_sent, board.status.files_synced);
         Worker {
             config,
             board,
@@ -120,13 +130,17 @@ impl Worker {
             needed_running: false,
             crawl_started_ns: 0,
             full_owed: true,
-            bytes_before: 0,
+            bytes_before,
+            files_before,
+            in_flight: None,
+            rescans: Vec::new(),
+            rescanning: Vec::new(),
             controls,
             shipped: 0,
             rounds_ok: 0,
             last_trim: Instant::now(),
+            rate: Rate::default(),
             replica_estimate: None,
-            started: Instant::now(),
             keeper: None,
             epoch: 0,
             served_epoch: None,
@@ -158,6 +172,7 @@ impl Worker {
         }
         let result = self.serve_rounds(r, rep);
         self.bytes_before += r.traffic().0;
+        self.files_before += rep.counters.files_transferred.load(Relaxed);
         self.replica_estimate = r.replica_estimate().or(self.replica_estimate);
         result
     }
@@ -212,6 +227,7 @@ impl Worker {
     }
 
     fn serve_rounds(&mut self, r: &mut Replicator, rep: &Arc<Reporter>) -> Result<(), Error> {
+        self.in_flight = None;
         if !self.full_owed {
             // Reconnected (after a fault, or resumed): the link works.
             self.report(rep, r);
@@ -235,21 +251,23 @@ impl Worker {
                 self.full_round(r, rep)?;
                 continue;
             }
-            let mut subtrees = Vec::new();
             for path in self.controls.take_rescans() {
                 if path.is_empty() {
                     info!("rescan: crawling the whole tree between live changes");
                     self.crawl_owed = true;
-                } else {
-                    subtrees.push(path);
+                } else if !self.rescans.contains(&path) {
+                    self.rescans.push(path);
                 }
             }
-            if !subtrees.is_empty() {
-                for p in &subtrees {
-                    info!("rescan: {}", String::from_utf8_lossy(p));
+            // Subtrees asked for wait for the crawl in progress, if any.
+            if self.crawl.is_none() && !self.rescans.is_empty() {
+                for p in &self.rescans {
+                    info!("rescan: crawling {} between live changes", show(p));
                 }
-                self.entries_round(r, rep, &subtrees)?;
-                continue;
+                let paths = std::mem::take(&mut self.rescans);
+                self.crawl = Some(Crawl::of(plan::entries(&paths)));
+                self.crawl_started_ns = journal::now_ns();
+                self.rescanning = paths;
             }
             if self.crawl.is_none() && std::mem::take(&mut self.crawl_owed) {
                 info!("reconciling: crawling the whole tree between live changes");
@@ -284,22 +302,25 @@ impl Worker {
             };
             r.set_marker(ack.time_ns);
             let (began, sent_before) = (Instant::now(), r.traffic().0);
-            match plan(&batch) {
-                Some(scope) => {
-                    if self.round(r, rep, &scope, ack.seq)?.needs_full {
-                        self.crawl_needed();
-                    }
-                }
+            self.in_flight = Some(ack);
+            let needs_crawl = match plan(&batch) {
+                Some(scope) => self.round(r, rep, &scope, None)?.needs_full,
                 // Events were lost (a queue overflow): only a crawl finds
                 // what they were. Later changes keep flowing meanwhile. The
                 // ack below may pass the loss before that crawl ends: safe,
                 // since a crawl is owed until it does, and every start crawls.
                 None => {
                     warn!("events were lost (inotify queue overflow): reconciling with a crawl");
-                    self.crawl_needed();
+                    true
                 }
+            };
+            if needs_crawl {
+                // Said before the ack empties the backlog: status never
+                // reads converged while the crawl is owed.
+                self.owe_crawl();
             }
             self.journal.ack(ack)?;
+            self.in_flight = None;
             debug!(
                 changes = batch.len(),
                 bytes = r.traffic().0 - sent_before,
@@ -328,31 +349,61 @@ impl Worker {
         self.needed_owed = true;
     }
 
-    /// Runs a round whose changes reach up to journal position `seq`; the
-    /// entries that failed in it are recorded to be retried on their own,
-    /// so the round counts as done. Too many to list: the round failed.
+    /// A crawl is needed, and status says so now.
+    fn owe_crawl(&mut self) {
+        self.crawl_needed();
+        self.board.status.crawl = Some(CrawlStatus::Full);
+        self.publish();
+    }
+
+    /// The batch in flight keeps failing as a whole (the monitor's backoff
+    /// escalated): later changes must not wait behind it. It is acked
+    /// unshipped and a paced crawl, owed from now on, replicates what it
+    /// carried; until that crawl ends no checkpoint completes.
+    pub fn skip_failing_batch(&mut self) {
+        match self.in_flight.take() {
+            Some(ack) => {
+                warn!(
+                    "the batch up to change {} keeps failing: passing it, a crawl replicates it",
+                    ack.seq
+                );
+                if let Err(e) = self.journal.ack(ack) {
+                    warn!("passing the failing batch: {e}");
+                }
+            }
+            None => info!("rounds keep failing: crawling the whole tree between live changes"),
+        }
+        self.owe_crawl();
+    }
+
+    /// Runs a round; the entries that failed in it are recorded to be
+    /// retried on their own, so the round counts as done. Too many to
+    /// list: the round failed.
     fn round(
         &mut self,
         r: &mut Replicator,
         rep: &Reporter,
         scope: &Scope,
-        seq: u64,
+        stop: Option<&dyn Fn() -> bool>,
     ) -> Result<RoundOutcome, Error> {
         rep.take_failures();
         let before = rep.counters.errors.load(Relaxed);
-        let outcome = r.round(scope)?;
-        self.settle(rep, before, seq)?;
+        let outcome = r.round_until(scope, stop)?;
+        self.settle(rep, before)?;
         Ok(outcome)
     }
 
     /// Records what failed since the error count was `before`. (A full or
     /// read-only target is not an entry's failure: the slave ends the round
-    /// with one Fatal, which the monitor retries.)
-    fn settle(&mut self, rep: &Reporter, before: u64, seq: u64) -> Result<(), Error> {
+    /// with one Fatal, which the monitor retries.) A failure stands for the
+    /// oldest change the round may have carried for it, the one right after
+    /// the marker: a checkpoint at or after that cannot complete meanwhile.
+    fn settle(&mut self, rep: &Reporter, before: u64) -> Result<(), Error> {
         match rep.take_failures() {
             Some(failed) if failed.is_empty() => Ok(()),
             Some(failed) => {
                 self.board.status.failure_events += failed.len() as u64;
+                let seq = self.journal.marker()?.seq + 1;
                 Ok(self.journal.record_failures(&failed, seq)?)
             }
             None => Err(Error::Partial {
@@ -370,8 +421,7 @@ impl Worker {
         paths: &[Vec<u8>],
     ) -> Result<(), Error> {
         let started = journal::now_ns();
-        let seq = self.journal.marker()?.seq;
-        self.round(r, rep, &plan::entries(paths), seq)?;
+        self.round(r, rep, &plan::entries(paths), None)?;
         for p in paths {
             self.journal.clear_failures_under(p, started)?;
         }
@@ -393,9 +443,22 @@ impl Worker {
         // Everything changed before the crawl started is on the slave after it.
         r.set_marker(started_ns);
         self.controls.crawling(Some(rep.clone()));
-        let done = self.round(r, rep, &Scope::Full, upto);
+        // A pause, a stop or a lost lease ends it early; it starts over
+        // later (what it shipped is not shipped again).
+        let (controls, shutdown) = (self.controls.clone(), self.shutdown.clone());
+        let (keeper, epoch) = (self.keeper.clone(), self.epoch);
+        let stop = move || {
+            controls.paused()
+                || shutdown.stopping()
+                || keeper.as_ref().is_some_and(|k| k.current() != Some(epoch))
+        };
+        let done = self.round(r, rep, &Scope::Full, Some(&stop));
         self.controls.crawling(None);
-        done?;
+        let done = done?;
+        if done.interrupted {
+            info!("crawl interrupted after {:.1} s", started.elapsed().as_secs_f64());
+            return Ok(());
+        }
         self.journal.clear_failures_under(b"", started_ns)?;
         info!(
             "crawled in {:.1} s: {} files sent so far",
@@ -441,22 +504,29 @@ impl Worker {
         let before = rep.counters.errors.load(Relaxed);
         rep.take_failures();
         let outcome = r.crawl_slice(&mut crawl, &yield_now);
-        let outcome = match outcome.and_then(|o| {
-            let seq = self.journal.last_seq()?;
-            self.settle(rep, before, seq).map(|_| o)
-        }) {
+        let outcome = match outcome.and_then(|o| self.settle(rep, before).map(|_| o)) {
             Ok(o) => o,
             Err(e) => {
                 // What the failed slice walked is lost with it: start over.
-                self.crawl_owed = true;
-                self.needed_owed |= std::mem::take(&mut self.needed_running);
+                if crawl.is_whole() {
+                    self.crawl_owed = true;
+                    self.needed_owed |= std::mem::take(&mut self.needed_running);
+                } else {
+                    self.rescans.append(&mut self.rescanning);
+                }
                 return Err(e);
             }
         };
         if outcome.needs_full {
             self.crawl_needed();
         }
-        if crawl.done() {
+        if crawl.done() && !crawl.is_whole() {
+            info!("rescanned in {} slice(s)", crawl.slices);
+            for p in std::mem::take(&mut self.rescanning) {
+                self.journal
+                    .clear_failures_under(&p, self.crawl_started_ns)?;
+            }
+        } else if crawl.done() {
             info!(
                 "reconciled in {:.1} s, {} slice(s)",
                 self.last_full.elapsed().as_secs_f64(),
@@ -534,16 +604,19 @@ impl Worker {
         st.state = State::Active;
         // A crawl running or owed (lost events, a hard-link group a targeted
         // round could not see whole) is work still owed: never "Changelog".
-        let crawling = self.crawl.is_some() || self.crawl_owed || self.full_owed;
+        let crawling = self.crawl.is_some()
+            || self.crawl_owed
+            || self.full_owed
+            || !self.rescans.is_empty();
         st.crawl = Some(if crawling {
             CrawlStatus::Full
         } else {
             CrawlStatus::Changelog
         });
         st.last_error = None;
-        st.files_synced = rep.counters.files_transferred.load(Relaxed);
+        st.files_synced = self.files_before + rep.counters.files_transferred.load(Relaxed);
         st.bytes_sent = self.bytes_before + r.traffic().0;
-        st.rate = Some(self.shipped as f64 / self.started.elapsed().as_secs_f64().max(1e-3));
+        st.rate = self.rate.observe(Instant::now(), self.shipped);
         self.publish();
     }
 
@@ -559,7 +632,7 @@ impl Worker {
             || self.full_owed
             || self.needed_owed
             || self.needed_running
-            || !self.journal.marker().is_ok_and(|m| m.seq >= cp.seq)
+            || self.journal.owed_up_to(cp.seq).unwrap_or(true)
             || self.journal.failures_at_or_before(cp.seq).unwrap_or(true)
         {
             return;
@@ -586,5 +659,39 @@ impl Worker {
         if let Some(w) = self.writer.take() {
             let _ = w.finish();
         }
+    }
+}
+
+/// Changes shipped per second over the last minute or so: an ETA after a
+/// long pause or idle spell must not count the idle time.
+#[derive(Default)]
+struct Rate {
+    /// (when, changes shipped by then), oldest first, a minute's worth.
+    samples: std::collections::VecDeque<(Instant, u64)>,
+}
+
+impl Rate {
+    const WINDOW: Duration = Duration::from_secs(60);
+
+    fn observe(&mut self, now: Instant, shipped: u64) -> Option<f64> {
+        // A sample every 100 ms at most keeps the window small.
+        if self
+            .samples
+            .back()
+            .is_none_or(|(t, _)| now.duration_since(*t) >= Duration::from_millis(100))
+        {
+            self.samples.push_back((now, shipped));
+        }
+        while self
+            .samples
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > Self::WINDOW)
+        {
+            self.samples.pop_front();
+        }
+        let (t0, n0) = *self.samples.front()?;
+        let dt = now.duration_since(t0).as_secs_f64();
+        // Too short a window says nothing yet.
+        (dt >= 1.0).then(|| (shipped - n0) as f64 / dt)
     }
 }

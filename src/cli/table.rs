@@ -131,7 +131,7 @@ pub fn print_status_detail(list: &[Status]) {
             println!();
         }
         let pending = s.pending.entry + s.pending.data + s.pending.meta;
-        // The rate the session has shipped at since it started, for an ETA.
+        // The rate the session has shipped at over the last minute, for an ETA.
         let rate = s
             .rate
             .filter(|r| *r > 0.0)

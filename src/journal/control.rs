@@ -5,7 +5,7 @@
 use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
-use super::{now_ns, Journal, Result};
+use super::{now_ns, Journal, Op, Result};
 
 /// A point in the journal, complete once every change recorded before it
 /// is durably on the slave (gluster's names for the times).
@@ -91,6 +91,30 @@ impl Journal {
             seq,
             completed_at: None,
         })
+    }
+
+    /// The position of the barrier journaled for `token`, once it is.
+    pub fn barrier_seq(&self, token: &[u8]) -> Result<Option<u64>> {
+        self.conn
+            .query_row(
+                "SELECT MAX(seq) FROM changes WHERE op = ?1 AND path = ?2",
+                params![Op::Barrier as i64, token],
+                |r| r.get::<_, Option<i64>>(0),
+            )
+            .map(|s| s.map(|s| s as u64))
+            .map_err(self.err())
+    }
+
+    /// Whether a change (not a barrier) at or before `seq` is still unacked.
+    pub fn owed_up_to(&self, seq: u64) -> Result<bool> {
+        let m = self.marker()?;
+        self.conn
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM changes WHERE seq > ?1 AND seq <= ?2 AND op != ?3)",
+                params![m.seq as i64, seq as i64, Op::Barrier as i64],
+                |r| r.get(0),
+            )
+            .map_err(self.err())
     }
 }
 

@@ -36,6 +36,9 @@ pub enum Op {
     MovedTo = 8,
     /// Events were lost (queue overflow): `path` must be crawled.
     Rescan = 9,
+    /// No change: the mark of a `checkpoint now` (`path` is its token),
+    /// journaled after every event the kernel reported before it.
+    Barrier = 10,
 }
 
 impl Op {
@@ -50,6 +53,7 @@ impl Op {
             7 => Op::MovedFrom,
             8 => Op::MovedTo,
             9 => Op::Rescan,
+            10 => Op::Barrier,
             _ => return None,
         })
     }
@@ -373,6 +377,7 @@ impl Journal {
             match Op::from_i64(op) {
                 Some(Op::Data) => data += n as u64,
                 Some(Op::Meta) => meta += n as u64,
+                Some(Op::Barrier) => {}
                 _ => entry += n as u64,
             }
         }

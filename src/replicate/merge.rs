@@ -46,7 +46,14 @@ impl Planner<'_> {
             Err(e) => return self.unreadable_dir(rel, e),
         };
         let listed = match names {
-            None => meta::scan_dir(dir.as_fd(), self.scan).map(|(e, _)| e),
+            // Listed, then gone before its lstat: rsync's "vanished".
+            None => meta::scan_dir(dir.as_fd(), self.scan).map(|s| {
+                for name in &s.vanished {
+                    let path = show(&join(rel, name));
+                    self.rep.vanished(&format!("file has vanished: {path}"));
+                }
+                s.entries
+            }),
             Some(names) => self.stat_names(&dir, names),
         };
         let mut entries = match listed {

@@ -71,6 +71,9 @@ pub struct RoundOutcome {
     /// A targeted round met a hard-link group it could not see whole: only
     /// a full round can place its names correctly.
     pub needs_full: bool,
+    /// The round was asked to stop early ([`Replicator::round_until`]):
+    /// what it did is durable, but it did not cover its scope.
+    pub interrupted: bool,
 }
 
 /// A connection to a slave that serves any number of rounds; each round
@@ -159,10 +162,20 @@ impl Replicator {
 
     /// One round; returns once the slave has durably applied it.
     pub fn round(&mut self, scope: &Scope) -> Result<RoundOutcome> {
+        self.round_until(scope, None)
+    }
+
+    /// One round that ends early (durably, as far as it got) once `stop`
+    /// says so; asked between directories.
+    pub fn round_until(
+        &mut self,
+        scope: &Scope,
+        stop: Option<&dyn Fn() -> bool>,
+    ) -> Result<RoundOutcome> {
         let created = self.rep.counters.entries_created.load(Relaxed);
         let mut p = self.planner();
         p.whole = matches!(scope, Scope::Full);
-        let ran = p.first_tasks(scope).and_then(|stack| p.run(stack, None));
+        let ran = p.first_tasks(scope).and_then(|stack| p.run(stack, stop));
         let base = match p.whole {
             true => Some(p.listed.get()),
             false => p.estimate,
@@ -170,8 +183,11 @@ impl Replicator {
         let (removed, used, needs_full, whole) =
             (p.removed, p.override_used, p.needs_full, p.whole);
         self.settled(base, created, removed, used, whole);
-        ran?;
-        Ok(RoundOutcome { needs_full })
+        let interrupted = !ran?.is_empty();
+        Ok(RoundOutcome {
+            needs_full,
+            interrupted,
+        })
     }
 
     /// After a round (even a failed one: what it did is counted): the
@@ -211,10 +227,13 @@ impl Replicator {
         let created = self.rep.counters.entries_created.load(Relaxed);
         let mut p = self.planner();
         let stack = if crawl.started {
+            p.targeted = crawl.targeted;
             std::mem::take(&mut crawl.stack)
         } else {
             crawl.started = true;
-            p.first_tasks(&Scope::Full)?
+            let stack = p.first_tasks(crawl.scope.as_ref().unwrap_or(&Scope::Full))?;
+            crawl.targeted = p.targeted;
+            stack
         };
         p.links = std::mem::take(&mut crawl.links);
         crawl.slices += 1;
@@ -224,7 +243,10 @@ impl Replicator {
         crawl.links = std::mem::take(&mut p.links);
         self.settled(base, created, removed, used, false);
         crawl.stack = ran?;
-        Ok(RoundOutcome { needs_full })
+        Ok(RoundOutcome {
+            needs_full,
+            interrupted: !crawl.stack.is_empty(),
+        })
     }
 
     /// The newest change time the next round covers: a fenced session's

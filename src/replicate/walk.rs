@@ -205,6 +205,8 @@ impl<'a> Planner<'a> {
             first_err.map_or(Ok(left), Err)
         })?;
         let left = self.suspend(left)?;
+        // A full round stopped early did not list the whole replica.
+        self.whole &= left.is_empty();
         let refused = self.settle_deletes()?;
         self.settle_retries()?;
         for l in std::mem::take(&mut self.deferred_links) {

@@ -1,11 +1,13 @@
 //! The single integration-test binary (one link step, shared support code).
 
+mod checkpoints;
 mod churn;
 mod control;
 mod conventions;
 mod crawl;
 mod engine;
 mod events;
+mod faults;
 mod hostile;
 mod hostile_limits;
 mod hostile_local;
@@ -16,5 +18,6 @@ mod regression;
 mod rsync_habits;
 mod session;
 mod ssh;
+mod status_truth;
 mod support;
 mod sync;
