@@ -113,9 +113,10 @@ impl Monitor {
                 // `checkpoint now` marks the journal through the recorder.
                 let dir = s.barrier_dir();
                 let _ = std::fs::remove_dir_all(&dir);
-                match std::fs::create_dir(&dir).map_err(|e| e.to_string()).and_then(|_| {
-                    r.watch_barriers(&dir).map_err(|e| e.to_string())
-                }) {
+                match std::fs::create_dir(&dir)
+                    .map_err(|e| e.to_string())
+                    .and_then(|_| r.watch_barriers(&dir).map_err(|e| e.to_string()))
+                {
                     Ok(()) => barriers = Some(dir),
                     Err(e) => warn!("checkpoints stand for the journal as written: {e}"),
                 }

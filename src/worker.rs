@@ -456,7 +456,10 @@ impl Worker {
         self.controls.crawling(None);
         let done = done?;
         if done.interrupted {
-            info!("crawl interrupted after {:.1} s", started.elapsed().as_secs_f64());
+            info!(
+                "crawl interrupted after {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
             return Ok(());
         }
         self.journal.clear_failures_under(b"", started_ns)?;
@@ -604,10 +607,8 @@ impl Worker {
         st.state = State::Active;
         // A crawl running or owed (lost events, a hard-link group a targeted
         // round could not see whole) is work still owed: never "Changelog".
-        let crawling = self.crawl.is_some()
-            || self.crawl_owed
-            || self.full_owed
-            || !self.rescans.is_empty();
+        let crawling =
+            self.crawl.is_some() || self.crawl_owed || self.full_owed || !self.rescans.is_empty();
         st.crawl = Some(if crawling {
             CrawlStatus::Full
         } else {

@@ -9,25 +9,28 @@ use crate::support::fs::*;
 use crate::support::session::*;
 use crate::support::{georep_test, TestDir};
 
-georep_test!(checkpoint_now_covers_the_write_just_before_it, |t: TestDir| {
-    let s = started(&t, "barrier", &[]);
-    // The write's event may still be in the kernel's queue when the
-    // checkpoint is taken: completed must still mean "on the slave".
-    for i in 0..15 {
-        let name = format!("f{i}");
-        write_file(&t.src.join(&name), name.as_bytes());
-        let run = s.run(&["checkpoint", &s.name, "now", "--wait", "--timeout", "20"]);
-        s.check(&run, 0);
-        let got = std::fs::read(t.dst.join(&name));
-        assert_eq!(
-            got.ok().as_deref(),
-            Some(name.as_bytes()),
-            "checkpoint {i} completed without the write made before it"
-        );
+georep_test!(
+    checkpoint_now_covers_the_write_just_before_it,
+    |t: TestDir| {
+        let s = started(&t, "barrier", &[]);
+        // The write's event may still be in the kernel's queue when the
+        // checkpoint is taken: completed must still mean "on the slave".
+        for i in 0..15 {
+            let name = format!("f{i}");
+            write_file(&t.src.join(&name), name.as_bytes());
+            let run = s.run(&["checkpoint", &s.name, "now", "--wait", "--timeout", "20"]);
+            s.check(&run, 0);
+            let got = std::fs::read(t.dst.join(&name));
+            assert_eq!(
+                got.ok().as_deref(),
+                Some(name.as_bytes()),
+                "checkpoint {i} completed without the write made before it"
+            );
+        }
+        s.stop();
+        assert_converged(&s);
     }
-    s.stop();
-    assert_converged(&s);
-});
+);
 
 /// Clears the immutable flag on drop.
 struct Immutable(std::path::PathBuf);

@@ -20,7 +20,10 @@ fn converged_means_equal(s: &Session, t: &TestDir, until: Instant) -> usize {
         let st = s.status();
         if st["state"] == "Active" && st["crawl"] == "Changelog" && pending_is_zero(&st) {
             let d = tree_diff(&t.src, &t.dst);
-            assert!(d.is_empty(), "status says converged, the slave differs: {d:?}\n{st}");
+            assert!(
+                d.is_empty(),
+                "status says converged, the slave differs: {d:?}\n{st}"
+            );
             seen += 1;
         }
     }
@@ -68,7 +71,10 @@ georep_test!(start_right_after_sigkill_on_a_large_tree, |t: TestDir| {
         signal(old, Signal::KILL);
         s.start();
         let new = s.daemon_pid().expect("start started one");
-        assert_ne!(new, old, "round {round}: the killed daemon is not a running one");
+        assert_ne!(
+            new, old,
+            "round {round}: the killed daemon is not a running one"
+        );
     }
     write_file(&t.src.join("after"), b"after the kills");
     s.wait_converged("after five SIGKILLs and starts");
