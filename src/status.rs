@@ -208,6 +208,11 @@ impl Status {
         self.lag_seconds = match j.oldest_pending_ns() {
             _ if self.state == State::Passive => None,
             Ok(Some(t)) => Some(((journal::now_ns() - t) as f64 / 1e9).max(0.0)),
+            // Catching up after downtime: what changed since the last sync
+            // is in no journal, so the lag is counted from that sync.
+            Ok(None) if running && self.crawl == Some(CrawlStatus::CatchUp) => self
+                .last_synced
+                .map(|t| (journal::now_ns() as f64 / 1e9 - t).max(0.0)),
             Ok(None) if running && self.last_synced.is_some() => Some(0.0),
             _ => None,
         };

@@ -3,6 +3,7 @@
 mod checkpoints;
 mod churn;
 mod control;
+mod control_socket;
 mod conventions;
 mod crawl;
 mod engine;
