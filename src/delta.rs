@@ -229,26 +229,32 @@ impl<'a> Basis<'a> {
 const DIGEST_BLOCK: usize = 4096;
 
 /// The content digest both ends compute for a file (FileEnd, checksum
-/// listings): BLAKE3 over a canonical encoding of the content in which every
-/// maximal run of aligned all-zero 4 KiB blocks is one record holding its
-/// count. Plain BLAKE3 cannot skip zeros (each chunk's chaining value depends
-/// on its position), so hashing a 16 TiB hole with it takes an hour; here a
-/// hole costs O(1) and data costs O(its length), whichever way the same bytes
-/// arrive (data frames, holes, zeros inside data). The encoding is injective
-/// (tagged records, lengths included), so collisions are BLAKE3 collisions.
+/// listings), in aligned 4 KiB blocks where every maximal run of all-zero
+/// blocks counts, not hashes. Plain BLAKE3 cannot skip zeros (each chunk's
+/// chaining value depends on its position), so hashing a 16 TiB hole with
+/// it takes an hour; here a hole costs O(1) and data costs O(its length),
+/// whichever way the same bytes arrive (data frames, holes, zeros inside
+/// data).
 ///
-/// Records: `D` + 4096 bytes (a data block), `Z` + count:u64le (a run of zero
-/// blocks), and at the end `T` + len:u64le + the final partial block + total
-/// length:u64le.
+/// Two streams, so that the data stays aligned to BLAKE3's chunks and runs
+/// of blocks are hashed many chunks at a time (SIMD): `data` gets the
+/// non-zero blocks back to back; `shape` gets the runs, `D` + count:u64le
+/// (data blocks) and `Z` + count:u64le (zero blocks), then `T` +
+/// tail_len:u64le + the final partial block + total_len:u64le. The digest
+/// is BLAKE3 over both streams' hashes. Shape and data give back the
+/// content, so collisions are BLAKE3 collisions.
 #[derive(Clone)]
 pub struct Hasher {
-    inner: blake3::Hasher,
+    data: blake3::Hasher,
+    shape: blake3::Hasher,
     /// Bytes of content consumed.
     pos: u64,
     /// The current incomplete block (`pos % DIGEST_BLOCK` bytes).
     partial: Vec<u8>,
-    /// Complete all-zero blocks not yet written as a record.
-    zero_run: u64,
+    /// The run in progress: all-zero blocks (true) or data blocks, and its
+    /// length in blocks (0: none yet).
+    run_zero: bool,
+    run: u64,
 }
 
 impl Default for Hasher {
@@ -264,10 +270,12 @@ fn is_zero(b: &[u8]) -> bool {
 impl Hasher {
     pub fn new() -> Hasher {
         Hasher {
-            inner: blake3::Hasher::new_derive_key("georep content digest v1"),
+            data: blake3::Hasher::new_derive_key("georep content digest v2 data"),
+            shape: blake3::Hasher::new_derive_key("georep content digest v2 shape"),
             pos: 0,
             partial: Vec::with_capacity(DIGEST_BLOCK),
-            zero_run: 0,
+            run_zero: false,
+            run: 0,
         }
     }
 
@@ -280,21 +288,43 @@ impl Hasher {
         self.pos == 0
     }
 
-    fn flush_run(inner: &mut blake3::Hasher, zero_run: &mut u64) {
-        if *zero_run > 0 {
-            inner.update(b"Z");
-            inner.update(&zero_run.to_le_bytes());
-            *zero_run = 0;
+    /// Extends the run in progress by `n` blocks of kind `zero`, writing
+    /// the finished run's record when the kind changes.
+    fn runs(&mut self, zero: bool, n: u64) {
+        if n == 0 {
+            return;
         }
+        if self.run > 0 && self.run_zero != zero {
+            Hasher::record(&mut self.shape, self.run_zero, self.run);
+            self.run = 0;
+        }
+        self.run_zero = zero;
+        self.run += n;
     }
 
-    fn block(inner: &mut blake3::Hasher, zero_run: &mut u64, b: &[u8]) {
-        if is_zero(b) {
-            *zero_run += 1;
-        } else {
-            Hasher::flush_run(inner, zero_run);
-            inner.update(b"D");
-            inner.update(b);
+    fn record(shape: &mut blake3::Hasher, zero: bool, n: u64) {
+        shape.update(if zero { b"Z" } else { b"D" });
+        shape.update(&n.to_le_bytes());
+    }
+
+    /// Whole blocks: runs of data blocks go to `data` in one call each.
+    fn blocks(&mut self, b: &[u8]) {
+        debug_assert_eq!(b.len() % DIGEST_BLOCK, 0);
+        let mut start = 0;
+        for (i, block) in b.chunks_exact(DIGEST_BLOCK).enumerate() {
+            if is_zero(block) {
+                let at = i * DIGEST_BLOCK;
+                if start < at {
+                    self.data.update(&b[start..at]);
+                    self.runs(false, ((at - start) / DIGEST_BLOCK) as u64);
+                }
+                self.runs(true, 1);
+                start = at + DIGEST_BLOCK;
+            }
+        }
+        if start < b.len() {
+            self.data.update(&b[start..]);
+            self.runs(false, ((b.len() - start) / DIGEST_BLOCK) as u64);
         }
     }
 
@@ -308,14 +338,14 @@ impl Hasher {
             if self.partial.len() < DIGEST_BLOCK {
                 return self;
             }
-            Hasher::block(&mut self.inner, &mut self.zero_run, &self.partial);
+            let block = std::mem::take(&mut self.partial);
+            self.blocks(&block);
+            self.partial = block;
             self.partial.clear();
         }
-        let mut blocks = data.chunks_exact(DIGEST_BLOCK);
-        for b in &mut blocks {
-            Hasher::block(&mut self.inner, &mut self.zero_run, b);
-        }
-        self.partial.extend_from_slice(blocks.remainder());
+        let whole = data.len() - data.len() % DIGEST_BLOCK;
+        self.blocks(&data[..whole]);
+        self.partial.extend_from_slice(&data[whole..]);
         self
     }
 
@@ -329,10 +359,12 @@ impl Hasher {
             if self.partial.len() < DIGEST_BLOCK {
                 return self;
             }
-            Hasher::block(&mut self.inner, &mut self.zero_run, &self.partial);
+            let block = std::mem::take(&mut self.partial);
+            self.blocks(&block);
+            self.partial = block;
             self.partial.clear();
         }
-        self.zero_run += n / DIGEST_BLOCK as u64;
+        self.runs(true, n / DIGEST_BLOCK as u64);
         self.partial.resize((n % DIGEST_BLOCK as u64) as usize, 0);
         self
     }
@@ -345,13 +377,17 @@ impl Hasher {
     }
 
     pub fn finalize(&self) -> blake3::Hash {
-        let mut h = self.inner.clone();
-        let mut run = self.zero_run;
-        Hasher::flush_run(&mut h, &mut run);
-        h.update(b"T");
-        h.update(&(self.partial.len() as u64).to_le_bytes());
-        h.update(&self.partial);
-        h.update(&self.pos.to_le_bytes());
+        let mut shape = self.shape.clone();
+        if self.run > 0 {
+            Hasher::record(&mut shape, self.run_zero, self.run);
+        }
+        shape.update(b"T");
+        shape.update(&(self.partial.len() as u64).to_le_bytes());
+        shape.update(&self.partial);
+        shape.update(&self.pos.to_le_bytes());
+        let mut h = blake3::Hasher::new_derive_key("georep content digest v2");
+        h.update(self.data.finalize().as_bytes());
+        h.update(shape.finalize().as_bytes());
         h.finalize()
     }
 }
@@ -557,6 +593,13 @@ mod tests {
         b.zeros(8192);
         assert_ne!(a.finalize(), b.finalize());
         assert_ne!(Hasher::new().finalize(), a.finalize());
+        // Where the zero blocks sit matters, not only which data there is.
+        let (d1, d2) = (random(2, 4096), random(3, 4096));
+        let mut a = Hasher::new();
+        a.update(&d1).zeros(4096).update(&d2);
+        let mut b = Hasher::new();
+        b.update(&d1).update(&d2).zeros(4096);
+        assert_ne!(a.finalize(), b.finalize());
         let t = std::time::Instant::now();
         let mut big = Hasher::new();
         big.update(b"head").zeros(16 << 40).update(b"tail");

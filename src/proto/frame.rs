@@ -72,9 +72,14 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 
 /// Writes one frame whose body (kind byte first) is already encoded.
 pub fn write_frame(w: &mut impl Write, body: &[u8]) -> io::Result<()> {
-    debug_assert!(!body.is_empty() && body.len() <= MAX_FRAME);
-    w.write_all(&(body.len() as u32).to_le_bytes())?;
+    write_header(w, body)?;
     w.write_all(body)
+}
+
+/// A frame's length header alone (the body follows by another way).
+pub fn write_header(w: &mut impl Write, body: &[u8]) -> io::Result<()> {
+    debug_assert!(!body.is_empty() && body.len() <= MAX_FRAME);
+    w.write_all(&(body.len() as u32).to_le_bytes())
 }
 
 /// Builds a frame body: kind byte then fields.

@@ -10,7 +10,7 @@ pub use kinds::Side;
 pub use msg::Msg;
 
 /// Protocol version; both sides must speak the same one.
-pub const VERSION: u32 = 4;
+pub const VERSION: u32 = 5;
 /// First bytes of a Hello payload, so that a stray banner is caught early.
 pub const MAGIC: &[u8; 8] = b"GEOREP\0\x01";
 

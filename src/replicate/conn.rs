@@ -78,10 +78,12 @@ impl Conn {
     }
 
     pub fn send(&self, m: &Msg) -> Result<()> {
-        let ok = self
-            .tx
-            .as_ref()
-            .is_some_and(|tx| tx.send(m.encode()).is_ok());
+        self.send_frame(m.encode())
+    }
+
+    /// Sends a frame body already encoded (see `Msg::file_data_frame`).
+    pub fn send_frame(&self, body: Vec<u8>) -> Result<()> {
+        let ok = self.tx.as_ref().is_some_and(|tx| tx.send(body).is_ok());
         if ok {
             Ok(())
         } else {
@@ -154,6 +156,10 @@ impl Drop for Conn {
     }
 }
 
+/// Frames at least this big skip the buffer (one copy less); smaller ones
+/// are gathered into writes of up to the buffer's size.
+const DIRECT_FRAME: usize = 64 << 10;
+
 /// The one place frames are written to the link.
 fn send_loop(writer: Box<dyn Write + Send>, rx: Receiver<Vec<u8>>, s: &Shared) {
     let mut w = BufWriter::with_capacity(1 << 20, writer);
@@ -163,7 +169,14 @@ fn send_loop(writer: Box<dyn Write + Send>, rx: Receiver<Vec<u8>>, s: &Shared) {
         loop {
             s.bytes_sent
                 .fetch_add(body.len() as u64 + 4, Ordering::Relaxed);
-            if wire::write_frame(&mut w, &body).is_err() {
+            let written = if body.len() >= DIRECT_FRAME {
+                wire::write_header(&mut w, &body)
+                    .and_then(|_| w.flush())
+                    .and_then(|_| w.get_mut().write_all(&body))
+            } else {
+                wire::write_frame(&mut w, &body)
+            };
+            if written.is_err() {
                 return;
             }
             match rx.try_recv() {

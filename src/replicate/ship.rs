@@ -373,7 +373,11 @@ impl Shipment<'_> {
     fn whole(&self, hasher: &mut delta::Hasher) -> Result<(), JobError> {
         let (conn, id, fd, size, rep) = (self.conn, self.id, self.fd, self.size, self.rep);
         let mut off = 0u64;
-        let mut buf = vec![0u8; CHUNK.min(size as usize)];
+        // Only compression reads into a buffer of its own.
+        let mut buf = match self.compress {
+            true => vec![0u8; CHUNK.min(size as usize)],
+            false => Vec::new(),
+        };
         while off < size {
             let (data, hole) = delta::next_extent(fd, off, size)?;
             hash_zeros(hasher, data - off);
@@ -381,16 +385,24 @@ impl Shipment<'_> {
             let mut p = data;
             while p < hole {
                 let n = ((hole - p) as usize).min(CHUNK);
-                read_exact_at(fd, &mut buf[..n], p)?;
-                hasher.update(&buf[..n]);
                 rep.counters.bytes_literal.fetch_add(n as u64, Relaxed);
-                let (data, zstd) = pack(buf[..n].to_vec(), self.compress);
-                conn.send(&Msg::FileData {
-                    id,
-                    offset: p,
-                    data,
-                    zstd,
-                })?;
+                if self.compress {
+                    read_exact_at(fd, &mut buf[..n], p)?;
+                    hasher.update(&buf[..n]);
+                    let (data, zstd) = pack(buf[..n].to_vec(), true);
+                    conn.send(&Msg::FileData {
+                        id,
+                        offset: p,
+                        data,
+                        zstd,
+                    })?;
+                } else {
+                    // Read straight into the frame.
+                    let (mut frame, at) = Msg::file_data_frame(id, p, n);
+                    read_exact_at(fd, &mut frame[at..], p)?;
+                    hasher.update(&frame[at..]);
+                    conn.send_frame(frame)?;
+                }
                 rep.progressed(n as u64);
                 p += n as u64;
             }
