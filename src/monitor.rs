@@ -156,6 +156,7 @@ impl Monitor {
         };
         write_pid(&pid_file, &format!("{pid}\n"))
             .map_err(state(s.pid_path().display().to_string()))?;
+        crate::session::heartbeat(&pid_file)?;
         board.fire(Event::Started);
         notify::ready();
         if let Some(every) = notify::watchdog_interval() {
@@ -407,14 +408,16 @@ fn serve_metrics(
         let Ok(st) = controls.live_status(&session, &journal.lock().unwrap()) else {
             return metrics::Snapshot::default();
         };
+        // A running daemon's journal always knows its backlog.
+        let pending = st.pending.unwrap_or_default();
         metrics::Snapshot {
             session: st.session.clone(),
             state: format!("{:?}", st.state),
             last_synced: st.last_synced,
             lag_seconds: st.lag_seconds,
-            pending_entry: st.pending.entry,
-            pending_data: st.pending.data,
-            pending_meta: st.pending.meta,
+            pending_entry: pending.entry,
+            pending_data: pending.data,
+            pending_meta: pending.meta,
             bytes_sent: st.bytes_sent,
             files_synced: st.files_synced,
             failures: st.failure_events,

@@ -1,0 +1,134 @@
+//! Issue 11's audit, as an operator reads `status` and starts sessions: a
+//! stopped session's source, target and pending counts; state an earlier
+//! run left; a source that is missing at create or at start; a closed
+//! stderr; key files and hooks given relative. Each test is named for the
+//! item it pins.
+
+use serde_json::Value;
+
+use crate::support::fs::*;
+use crate::support::session::*;
+use crate::support::{georep_test, TestDir};
+
+/// The table's row for the session, up to its SOURCE -> TARGET (the
+/// test's paths hold the test's name, with any word in it).
+fn table_row(s: &Session) -> String {
+    let run = s.run(&["status", &s.name]);
+    s.check(&run, 0);
+    let row = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&s.name))
+        .unwrap_or_else(|| panic!("no row for {}\n{run}", s.name));
+    let src = p(&s.src);
+    row.split_once(src)
+        .map_or(row, |(columns, _)| columns)
+        .to_owned()
+}
+
+// ---- A stopped session's status names what it will replicate next.
+
+georep_test!(
+    operator_config_source_of_a_stopped_session_shows_in_status,
+    |t: TestDir| {
+        write_file(&t.src.join("f"), b"data");
+        let s = started(&t, "moved", &[]);
+        s.stop();
+        let (src2, dst2) = (t.path("src2"), t.path("dst2"));
+        write_file(&src2.join("g"), b"the new source");
+        s.config(&["source", p(&src2)]).assert_code(0);
+        s.config(&["target", p(&dst2)]).assert_code(0);
+        let st = s.status();
+        assert_eq!(st["source"], p(&src2), "{st}");
+        assert_eq!(st["target"], p(&dst2), "{st}");
+        let run = s.run(&["status", &s.name]);
+        s.check(&run, 0);
+        let shown = format!("{} -> {}", p(&src2), p(&dst2));
+        assert!(run.stdout.contains(&shown), "{run}");
+    }
+);
+
+// ---- `start` does not carry over what an earlier run left.
+
+georep_test!(operator_start_clears_stale_state, |t: TestDir| {
+    write_file(&t.src.join("f"), b"data");
+    let s = started(&t, "stale", &[]);
+    s.stop();
+    // What a run that hit the inotify limit, then a config change, leave.
+    let path = s.dir().join("status.json");
+    let mut old: Value = serde_json::from_slice(&read_file(&path)).unwrap();
+    old["watch_limit"] = true.into();
+    old["last_error"] = "stale: an earlier run's error".into();
+    old["source"] = "/old/source".into();
+    old["target"] = "/old/target".into();
+    std::fs::write(&path, old.to_string()).unwrap();
+    let st = s.status();
+    assert_eq!(
+        st["source"],
+        p(&t.src),
+        "the config's, not the report's: {st}"
+    );
+
+    s.start();
+    let st = s.wait_converged("restarted");
+    assert_eq!(st["watch_limit"], false, "{st}");
+    assert!(st["last_error"].is_null(), "{st}");
+    assert_eq!(st["source"], p(&t.src), "{st}");
+    assert_eq!(st["target"], p(&t.dst), "{st}");
+    s.stop();
+    let st = s.status();
+    assert!(st["last_error"].is_null(), "{st}");
+    assert_eq!(st["watch_limit"], false, "{st}");
+});
+
+// ---- A stopped session's pending counts: the journal's, or unknown.
+
+georep_test!(
+    operator_stopped_pending_is_unknown_unless_journaled,
+    |t: TestDir| {
+        write_file(&t.src.join("a"), b"a");
+        let s = started(&t, "pending", &[]);
+        s.stop();
+        // Changes made now are in no journal: 0/0/0 would be a lie.
+        write_file(&t.src.join("while-stopped"), b"unseen");
+        let st = s.status();
+        assert_eq!(st["state"], "Stopped", "{st}");
+        assert!(st["pending"].is_null(), "{st}");
+        let row = table_row(&s);
+        // LAG and PENDING both.
+        assert_eq!(row.matches("unknown").count(), 2, "{row}");
+        assert!(!row.contains("0/0/0"), "{row}");
+        let detail = s.run(&["status", &s.name, "--detail"]);
+        s.check(&detail, 0);
+        for key in ["ENTRY", "DATA", "META"] {
+            let line = detail.stdout.lines().find(|l| l.starts_with(key));
+            assert!(
+                line.is_some_and(|l| l.ends_with("unknown")),
+                "{key}\n{detail}"
+            );
+        }
+
+        // Journaled while paused, then stopped: the journal's counts.
+        s.start();
+        s.wait_converged("caught up");
+        s.run(&["pause", &s.name]).assert_code(0);
+        s.wait_status("Paused", CONVERGE, |st| st["state"] == "Paused");
+        write_file(&t.src.join("b"), b"b");
+        write_file(&t.src.join("c"), b"c");
+        s.wait_status("journaled", CONVERGE, |st| {
+            st["pending"]["entry"].as_u64() >= Some(2)
+        });
+        s.stop();
+        let st = s.status();
+        let pending = &st["pending"];
+        let count = |k: &str| pending[k].as_u64().unwrap_or_else(|| panic!("{st}"));
+        assert!(count("entry") >= 2, "{st}");
+        let row = table_row(&s);
+        let shown = format!("{}/{}/{}", count("entry"), count("data"), count("meta"));
+        assert!(row.contains(&shown), "{shown}\n{row}");
+        s.run(&["resume", &s.name]).assert_code(0);
+        s.start();
+        s.wait_converged("resumed");
+        s.stop();
+    }
+);
