@@ -44,16 +44,33 @@ pub struct Pending {
 /// How far the crawl in progress has come (live status only).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct CrawlProgress {
-    /// Files compared with the slave so far.
+    /// Entries (files, directories, links...) compared with the slave so far.
     pub files_checked: u64,
     /// Files whose content was sent.
     pub files_sent: u64,
+    /// Size of the regular files compared so far.
+    #[serde(default)]
+    pub bytes_checked: u64,
     /// Content bytes sent (literal) and found on the slave already (matched).
     pub bytes_literal: u64,
     pub bytes_matched: u64,
     pub elapsed_seconds: f64,
-    /// Files checked per second.
+    /// Entries checked per second.
     pub rate: f64,
+    /// What a count of the source, made beside the crawl, has found so far:
+    /// entries (excluded ones left out) and the size of its regular files.
+    /// An estimate of the crawl's total: the tree may change meanwhile.
+    #[serde(default)]
+    pub source_entries: u64,
+    #[serde(default)]
+    pub source_bytes: u64,
+    /// The count is complete (until then the totals are a lower bound).
+    #[serde(default)]
+    pub source_counted: bool,
+    /// Seconds left at the pace so far (the slower of entries and bytes),
+    /// once the count is complete; None before.
+    #[serde(default)]
+    pub eta_seconds: Option<f64>,
 }
 
 /// What `georep status --json` prints for one session.

@@ -392,7 +392,7 @@ impl Worker {
         let started_ns = journal::now_ns();
         // Everything changed before the crawl started is on the slave after it.
         r.set_marker(started_ns);
-        self.controls.crawling(Some(rep.clone()));
+        self.controls.crawling(Some((rep.clone(), &self.config)));
         let done = self.round(r, rep, &Scope::Full, upto);
         self.controls.crawling(None);
         done?;

@@ -126,14 +126,28 @@ fn print_nodes(s: &Status) {
     }
 }
 
-/// The crawl in progress, in a line.
+/// The crawl in progress, in a line: what is done, of what the count of the
+/// source found (a lower bound while the count runs), and the time left
+/// once the count is complete.
 fn progress(s: &Status) -> Option<String> {
     let p = s.progress.as_ref()?;
+    let of = |done: u64, total: u64, show: fn(u64) -> String| match (p.source_counted, total > done)
+    {
+        (true, _) => format!("{} of {}", show(done), show(total)),
+        (false, true) => format!("{} of at least {}", show(done), show(total)),
+        (false, false) => show(done),
+    };
+    let mb = |b: u64| format!("{:.1} MB", b as f64 / 1e6);
+    let eta = p
+        .eta_seconds
+        .map(|e| format!(", about {} left", age(e)))
+        .unwrap_or_default();
     Some(format!(
-        "crawling: {} files checked, {} sent ({:.1} MB), {:.0} files/s for {}",
-        p.files_checked,
+        "crawling: {} entries checked ({}), {} files sent ({}), {:.0} entries/s for {}{eta}",
+        of(p.files_checked, p.source_entries, |n| n.to_string()),
+        of(p.bytes_checked, p.source_bytes, mb),
         p.files_sent,
-        (p.bytes_literal + p.bytes_matched) as f64 / 1e6,
+        mb(p.bytes_literal + p.bytes_matched),
         p.rate,
         age(p.elapsed_seconds)
     ))
