@@ -4,11 +4,18 @@
 //! stderr; key files and hooks given relative. Each test is named for the
 //! item it pins.
 
+use std::time::Duration;
+
 use serde_json::Value;
 
 use crate::support::fs::*;
+use crate::support::harness::assert_absent;
 use crate::support::session::*;
+use crate::support::tree::*;
 use crate::support::{georep_test, TestDir};
+
+/// Exit code: SOURCE missing, unreadable or not a directory.
+const EXIT_SOURCE: i32 = 3;
 
 /// The table's row for the session, up to its SOURCE -> TARGET (the
 /// test's paths hold the test's name, with any word in it).
@@ -129,6 +136,61 @@ georep_test!(
         s.run(&["resume", &s.name]).assert_code(0);
         s.start();
         s.wait_converged("resumed");
+        s.stop();
+    }
+);
+
+// ---- A source that is missing or a file: refused at create, halted at start.
+
+georep_test!(
+    operator_create_refuses_a_missing_or_file_source,
+    |t: TestDir| {
+        write_file(&t.path("plain"), b"a file");
+        for (source, says) in [
+            (t.path("missing"), "No such file"),
+            (t.path("plain"), "not a directory"),
+        ] {
+            let s = Session::new(&t, "nosource");
+            let run = s.run(&["create", &s.name, p(&source), p(&t.dst)]);
+            s.check(&run, EXIT_SOURCE);
+            assert!(run.stderr.contains(p(&source)), "{run}");
+            assert!(run.stderr.contains(says), "{run}");
+            assert_absent(&s.dir());
+        }
+        assert_absent(&t.dst);
+    }
+);
+
+georep_test!(
+    operator_session_started_without_its_source_halts,
+    |t: TestDir| {
+        for i in 0..20 {
+            write_file(&t.src.join(format!("d{}/f{i}", i % 4)), b"precious");
+        }
+        let s = started(&t, "unmounted", &[]);
+        s.stop();
+        let names: Vec<_> = walk(&t.dst).into_keys().collect();
+        let hashes = content_hashes(&t.dst);
+        // As an unmounted volume whose mount point is gone.
+        let away = t.path("src.away");
+        rename(&t.src, &away);
+        s.start();
+        let st = s.wait_status("Faulty for the missing source", CONVERGE, |st| {
+            st["state"] == "Faulty"
+                && st["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains(p(&t.src)) && e.contains("not retried"))
+        });
+        // It stays halted: nothing shipped, nothing deleted.
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(s.status()["state"], "Faulty", "{st}");
+        assert_eq!(walk(&t.dst).into_keys().collect::<Vec<_>>(), names);
+        assert_eq!(content_hashes(&t.dst), hashes);
+        // Back in place, the next start replicates again.
+        rename(&away, &t.src);
+        s.stop();
+        s.start();
+        s.wait_converged("the source is back");
         s.stop();
     }
 );
