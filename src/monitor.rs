@@ -38,7 +38,9 @@ pub fn run_foreground(s: &Session) -> Exit {
         .map(|c| c.log_level)
         .unwrap_or_else(|_| "info".into());
     if let Err(e) = crate::logging::init_daemon(&level) {
-        eprintln!("georep daemon: {e}");
+        // Not eprintln!: SIGPIPE is ignored here, a closed stderr would panic.
+        let _ =
+            std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("georep daemon: {e}\n"));
         return e.exit();
     }
     match Monitor::start(s).and_then(|mut m| m.run()) {

@@ -4,6 +4,7 @@
 //! stderr; key files and hooks given relative. Each test is named for the
 //! item it pins.
 
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -16,6 +17,8 @@ use crate::support::{georep_test, TestDir};
 
 /// Exit code: SOURCE missing, unreadable or not a directory.
 const EXIT_SOURCE: i32 = 3;
+/// What a panic exits with: the one code these runs must never end with.
+const EXIT_PANIC: i32 = 101;
 
 /// The table's row for the session, up to its SOURCE -> TARGET (the
 /// test's paths hold the test's name, with any word in it).
@@ -191,6 +194,56 @@ georep_test!(
         s.stop();
         s.start();
         s.wait_converged("the source is back");
+        s.stop();
+    }
+);
+
+// ---- A closed stderr is no panic, for the commands that ignore SIGPIPE.
+
+/// `cmd`'s exit code with stderr on a pipe nobody reads any more, as
+/// `georep ... 2>&1 | head -c1` leaves it once `head` is gone.
+fn code_with_closed_stderr(mut cmd: Command) -> Option<i32> {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let status = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(writer))
+        .status()
+        .unwrap();
+    status.code()
+}
+
+georep_test!(
+    operator_sync_and_start_to_a_closed_stderr_do_not_panic,
+    |t: TestDir| {
+        for i in 0..3 {
+            write_file(&t.src.join(format!("f{i}")), b"x");
+        }
+        t.sync_ok(&[]);
+        // Each prints its reason on stderr.
+        let nested = t.sync_command(&[], &t.src, t.src.join("mirror"));
+        for i in 0..3 {
+            remove(&t.src.join(format!("f{i}")));
+        }
+        let refused = t.sync_command(&["--max-delete", "1"], &t.src, &t.dst);
+        let s = Session::new(&t, "piped");
+        let unknown = s.command(&["start", "nosuch"]);
+        for (what, cmd, code) in [
+            ("a target inside the source", nested, EXIT_USAGE),
+            ("deletions over --max-delete", refused, 25),
+            ("start of an unknown session", unknown, EXIT_SESSION),
+        ] {
+            let got = code_with_closed_stderr(cmd);
+            assert_ne!(got, Some(EXIT_PANIC), "{what}: panicked");
+            assert_eq!(got, Some(code), "{what}");
+        }
+        assert!(t.dst.join("f0").exists(), "the refused run deleted");
+        assert_absent(&t.src.join("mirror"));
+        // A running session's `start` says so, on the same closed pipe.
+        s.create_ok(p(&t.dst), &["max_delete_percent=100"]);
+        s.start();
+        let again = s.command(&["start", &s.name]);
+        assert_eq!(code_with_closed_stderr(again), Some(EXIT_SESSION));
         s.stop();
     }
 );
