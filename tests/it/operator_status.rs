@@ -247,3 +247,43 @@ georep_test!(
         s.stop();
     }
 );
+
+// ---- Key files and the hooks directory are stored absolute, like SOURCE.
+
+georep_test!(
+    operator_key_files_and_hooks_dir_are_stored_absolute,
+    |t: TestDir| {
+        write_file(&t.src.join("f"), b"data");
+        // The target is local: the key files must exist, they are not used.
+        write_file(&t.path("keys/id"), b"a key file");
+        write_file(&t.path("keys/other"), b"another key file");
+        write_file(&t.path("keys/known"), b"");
+        mkdir(&t.path("hooks"));
+        let s = Session::new(&t, "keys");
+        let mut cmd = s.command(&["create", &s.name, p(&t.src), p(&t.dst)]);
+        for kv in [
+            "identity=keys/id",
+            "known_hosts=keys/known",
+            "hooks_dir=hooks",
+        ] {
+            cmd.args(["--set", kv]);
+        }
+        cmd.current_dir(&t.root);
+        run_cmd(cmd, &s.scratch, CMD_TIMEOUT).assert_code(0);
+        assert_eq!(s.config_get("identity"), p(&t.path("keys/id")));
+        assert_eq!(s.config_get("known_hosts"), p(&t.path("keys/known")));
+        assert_eq!(s.config_get("hooks_dir"), p(&t.path("hooks")));
+        // `config` too, against the directory it is typed in.
+        let mut cmd = s.command(&["config", &s.name, "identity", "other"]);
+        cmd.current_dir(t.path("keys"));
+        run_cmd(cmd, &s.scratch, CMD_TIMEOUT).assert_code(0);
+        assert_eq!(s.config_get("identity"), p(&t.path("keys/other")));
+        // A daemon started from elsewhere finds them (start checks they exist).
+        let mut cmd = s.command(&["start", &s.name]);
+        cmd.current_dir("/");
+        let run = run_cmd(cmd, &s.scratch, CMD_TIMEOUT);
+        s.check(&run, 0);
+        s.wait_converged("started from /");
+        s.stop();
+    }
+);
