@@ -177,6 +177,9 @@ impl SessionConfig {
         *self = toml::Value::Table(t)
             .try_into()
             .map_err(|_| Error::Usage(format!("{key} = {value}: {key} wants {}", wants(key))))?;
+        if PATH_KEYS.contains(&key) {
+            self.absolutize_files()?;
+        }
         self.validate()
     }
 
@@ -218,21 +221,35 @@ impl SessionConfig {
         Ok(())
     }
 
-    /// Makes the source and a local target absolute (against the current
-    /// directory), so that a daemon started elsewhere finds them.
+    /// Makes the source, a local target and the key files and hooks
+    /// directory absolute (against the current directory), so that a
+    /// daemon started elsewhere finds them.
     pub fn absolutize(&mut self) -> Result<(), Error> {
-        let abs = |p: &std::path::Path| {
-            std::path::absolute(p).map_err(|e| Error::Usage(format!("{}: {e}", p.display())))
-        };
-        self.source = abs(&self.source)?;
+        self.source = absolute(&self.source)?;
+        self.absolutize_files()?;
         if let Ok(Target::Local(p)) = Target::parse(&self.target) {
             if p.is_relative() {
-                let p = abs(&p)?;
+                let p = absolute(&p)?;
                 self.target = p
                     .to_str()
                     .ok_or_else(|| Error::Usage(format!("{}: not UTF-8", p.display())))?
                     .to_string();
             }
+        }
+        Ok(())
+    }
+
+    /// `identity`, `known_hosts` and `hooks_dir`, made absolute.
+    fn absolutize_files(&mut self) -> Result<(), Error> {
+        for p in [
+            &mut self.identity,
+            &mut self.known_hosts,
+            &mut self.hooks_dir,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *p = absolute(p)?;
         }
         Ok(())
     }
@@ -353,6 +370,15 @@ fn wants(key: &str) -> &'static str {
     }
 }
 
+/// Keys naming files or directories of this machine, stored absolute (the
+/// daemon runs from wherever `start` was typed, or from systemd's `/`).
+const PATH_KEYS: &[&str] = &["identity", "known_hosts", "hooks_dir"];
+
+/// `p` against the current directory.
+fn absolute(p: &std::path::Path) -> Result<PathBuf, Error> {
+    std::path::absolute(p).map_err(|e| Error::Usage(format!("{}: {e}", p.display())))
+}
+
 /// Keys that are absent from a default config (unset options).
 const OPTIONAL_KEYS: &[&str] = &[
     "max_delete",
@@ -402,5 +428,11 @@ mod tests {
         assert!(c.set("bwlimit", "100b").is_err(), "below rsync's minimum");
         c.reset("bwlimit").unwrap();
         assert_eq!(c.options().unwrap().bwlimit, None);
+        c.set("hooks_dir", "rel/hooks").unwrap();
+        let hooks = c.hooks_dir.clone().unwrap();
+        assert!(
+            hooks.is_absolute() && hooks.ends_with("rel/hooks"),
+            "{hooks:?}"
+        );
     }
 }

@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::SessionConfig;
 use crate::error::Error;
+use crate::exclude::Excluder;
 use crate::journal::{Checkpoint, Journal};
 use crate::lease::Keeper;
 use crate::replicate::observe::Reporter;
@@ -92,8 +94,9 @@ pub struct Controls {
     checkpoint: Mutex<Option<Checkpoint>>,
     /// The daemon's latest report (the board's copy).
     pub report: Report,
-    /// The counters of the crawl in progress, and when it started.
-    crawl: Mutex<Option<(Arc<Reporter>, Instant)>>,
+    /// The crawl in progress: its counters, when it started, and the
+    /// count of the source made beside it.
+    crawl: Mutex<Option<Crawling>>,
     /// A multi-node session's lease: live status asks it who is active.
     pub keeper: std::sync::OnceLock<Arc<Keeper>>,
 }
@@ -106,24 +109,53 @@ impl Controls {
         Arc::new(c)
     }
 
-    /// A crawl starts (Some) or ends (None): its counters are live status.
-    pub fn crawling(&self, rep: Option<Arc<Reporter>>) {
-        *self.crawl.lock().unwrap() = rep.map(|r| (r, Instant::now()));
+    /// A crawl of the whole tree starts (Some) or ends (None): its counters
+    /// are live status, and a count of the source runs beside it for its
+    /// totals and time left.
+    pub fn crawling(&self, crawl: Option<(Arc<Reporter>, &SessionConfig)>) {
+        let mut slot = self.crawl.lock().unwrap();
+        if let Some(old) = slot.take() {
+            old.census.stop.store(true, Relaxed);
+        }
+        *slot = crawl.map(|(rep, config)| Crawling {
+            rep,
+            since: Instant::now(),
+            census: Census::start(config),
+        });
     }
 
     fn progress(&self) -> Option<CrawlProgress> {
         let crawl = self.crawl.lock().unwrap();
-        let (rep, since) = crawl.as_ref()?;
+        let Crawling { rep, since, census } = crawl.as_ref()?;
         let c = &rep.counters;
-        let elapsed = since.elapsed().as_secs_f64();
+        let elapsed = since.elapsed().as_secs_f64().max(1e-3);
         let checked = c.files_total.load(Relaxed);
+        let bytes_checked = c.total_size.load(Relaxed);
+        let (entries, bytes) = (census.entries.load(Relaxed), census.bytes.load(Relaxed));
+        let counted = census.done.load(SeqCst);
+        // The slower of the two paces: many small files go by entries,
+        // a few large ones by bytes.
+        let left = |done: u64, total: u64| {
+            let rate = done as f64 / elapsed;
+            (rate > 0.0).then(|| total.saturating_sub(done) as f64 / rate)
+        };
+        let eta = match (left(checked, entries), left(bytes_checked, bytes)) {
+            _ if !counted => None,
+            (Some(e), Some(b)) => Some(e.max(b)),
+            (e, b) => e.or(b),
+        };
         Some(CrawlProgress {
             files_checked: checked,
             files_sent: c.files_transferred.load(Relaxed),
+            bytes_checked,
             bytes_literal: c.bytes_literal.load(Relaxed),
             bytes_matched: c.bytes_matched.load(Relaxed),
             elapsed_seconds: elapsed,
-            rate: checked as f64 / elapsed.max(1e-3),
+            rate: checked as f64 / elapsed,
+            source_entries: entries,
+            source_bytes: bytes,
+            source_counted: counted,
+            eta_seconds: eta,
         })
     }
 
@@ -189,6 +221,84 @@ impl Controls {
         j.set_checkpoint(&done)?;
         *cur = Some(done);
         Ok(Some(done))
+    }
+}
+
+/// A crawl in progress, for live status.
+struct Crawling {
+    rep: Arc<Reporter>,
+    since: Instant,
+    census: Arc<Census>,
+}
+
+/// A count of the source made beside a crawl, for its totals. The crawl
+/// itself streams (it cannot know what is ahead); the count only lists
+/// directories and stats regular files, so it runs far ahead of a crawl
+/// that compares and ships. It counts what the crawl counts: entries below
+/// the root that are not excluded, and the size of the regular files.
+#[derive(Default)]
+struct Census {
+    entries: AtomicU64,
+    bytes: AtomicU64,
+    done: AtomicBool,
+    /// The crawl ended (or another started): stop counting.
+    stop: AtomicBool,
+}
+
+impl Census {
+    fn start(config: &SessionConfig) -> Arc<Census> {
+        let census = Arc::new(Census::default());
+        // An invalid pattern stopped the daemon long before a crawl.
+        let Ok(excluder) = Excluder::new(&config.exclude, &[]) else {
+            return census;
+        };
+        let (counter, root) = (census.clone(), config.source.clone());
+        let spawned = std::thread::Builder::new()
+            .name("census".into())
+            .spawn(move || counter.count(&root, &excluder));
+        if let Err(e) = spawned {
+            tracing::warn!("not counting the source for the crawl's progress: {e}");
+        }
+        census
+    }
+
+    /// Depth first, iteratively; what cannot be read is left out (it is an
+    /// estimate: the crawl reports what fails).
+    fn count(&self, root: &Path, excluder: &Excluder) {
+        use std::os::unix::ffi::{OsStrExt, OsStringExt};
+        let mut dirs: Vec<Vec<u8>> = vec![Vec::new()];
+        while let Some(rel) = dirs.pop() {
+            let Ok(list) = std::fs::read_dir(root.join(std::ffi::OsStr::from_bytes(&rel))) else {
+                continue;
+            };
+            for e in list.flatten() {
+                if self.stop.load(Relaxed) {
+                    return;
+                }
+                let name = e.file_name().into_vec();
+                let Ok(kind) = e.file_type() else { continue };
+                if crate::meta::is_temp_name(&name) {
+                    continue;
+                }
+                let mut path = rel.clone();
+                if !path.is_empty() {
+                    path.push(b'/');
+                }
+                path.extend(name);
+                if excluder.excluded(&path, kind.is_dir()) {
+                    continue;
+                }
+                self.entries.fetch_add(1, Relaxed);
+                if kind.is_dir() {
+                    dirs.push(path);
+                } else if kind.is_file() {
+                    let size = e.metadata().map(|m| m.len()).unwrap_or(0);
+                    self.bytes.fetch_add(size, Relaxed);
+                }
+            }
+        }
+        // After the counts: a reader that sees `done` sees them final.
+        self.done.store(true, SeqCst);
     }
 }
 

@@ -38,7 +38,9 @@ pub fn run_foreground(s: &Session) -> Exit {
         .map(|c| c.log_level)
         .unwrap_or_else(|_| "info".into());
     if let Err(e) = crate::logging::init_daemon(&level) {
-        eprintln!("georep daemon: {e}");
+        // Not eprintln!: SIGPIPE is ignored here, a closed stderr would panic.
+        let _ =
+            std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("georep daemon: {e}\n"));
         return e.exit();
     }
     match Monitor::start(s).and_then(|mut m| m.run()) {
@@ -169,6 +171,7 @@ impl Monitor {
         };
         write_pid(&pid_file, &format!("{pid}\n"))
             .map_err(state(s.pid_path().display().to_string()))?;
+        crate::session::heartbeat(&pid_file)?;
         board.fire(Event::Started);
         notify::ready();
         if let Some(every) = notify::watchdog_interval() {
@@ -421,14 +424,16 @@ fn serve_metrics(
         let Ok(st) = controls.live_status(&session, &journal.lock().unwrap()) else {
             return metrics::Snapshot::default();
         };
+        // A running daemon's journal always knows its backlog.
+        let pending = st.pending.unwrap_or_default();
         metrics::Snapshot {
             session: st.session.clone(),
             state: format!("{:?}", st.state),
             last_synced: st.last_synced,
             lag_seconds: st.lag_seconds,
-            pending_entry: st.pending.entry,
-            pending_data: st.pending.data,
-            pending_meta: st.pending.meta,
+            pending_entry: pending.entry,
+            pending_data: pending.data,
+            pending_meta: pending.meta,
             bytes_sent: st.bytes_sent,
             files_synced: st.files_synced,
             failures: st.failure_events,

@@ -8,7 +8,8 @@
 //! sessions/NAME/config.toml   source, target and options (`georep config`)
 //! sessions/NAME/journal.db    the changelog (SQLite)
 //! sessions/NAME/status.json   what the daemon last reported
-//! sessions/NAME/daemon.pid    pid, flock-ed while the daemon runs
+//! sessions/NAME/daemon.pid    pid, flock-ed while the daemon runs; its
+//!                             time is the daemon's heartbeat
 //! sessions/NAME/daemon.log    the daemon's log
 //! sessions/NAME/control.sock  the running daemon's control socket
 //! ```
@@ -16,6 +17,7 @@
 use std::io::Write;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use crate::config::SessionConfig;
 use crate::error::{state, Error};
@@ -226,6 +228,26 @@ fn source_identity(config: &SessionConfig) -> Result<(u64, u64), Error> {
         return Err(source_err("not a directory".into()));
     }
     Ok((st.dev(), st.ino()))
+}
+
+/// How often a running daemon touches its pid file. A daemon that dies
+/// (SIGKILL, a crash) leaves no word; this time is when it was last seen
+/// alive. Rare enough to cost nothing, often enough to date a death.
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// Touches the daemon's (locked) pid file every [`HEARTBEAT`], from a
+/// thread of its own, for the rest of the process's life.
+pub fn heartbeat(pid_file: &std::fs::File) -> Result<(), Error> {
+    let f = pid_file.try_clone().map_err(state("daemon.pid"))?;
+    std::thread::Builder::new()
+        .name("heartbeat".into())
+        .spawn(move || loop {
+            std::thread::sleep(HEARTBEAT);
+            // A failed touch only makes a later death look older.
+            let _ = f.set_modified(SystemTime::now());
+        })
+        .map_err(|e| Error::io("starting the heartbeat thread", e))?;
+    Ok(())
 }
 
 /// Who holds a session's lock.

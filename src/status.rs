@@ -44,16 +44,33 @@ pub struct Pending {
 /// How far the crawl in progress has come (live status only).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct CrawlProgress {
-    /// Files compared with the slave so far.
+    /// Entries (files, directories, links...) compared with the slave so far.
     pub files_checked: u64,
     /// Files whose content was sent.
     pub files_sent: u64,
+    /// Size of the regular files compared so far.
+    #[serde(default)]
+    pub bytes_checked: u64,
     /// Content bytes sent (literal) and found on the slave already (matched).
     pub bytes_literal: u64,
     pub bytes_matched: u64,
     pub elapsed_seconds: f64,
-    /// Files checked per second.
+    /// Entries checked per second.
     pub rate: f64,
+    /// What a count of the source, made beside the crawl, has found so far:
+    /// entries (excluded ones left out) and the size of its regular files.
+    /// An estimate of the crawl's total: the tree may change meanwhile.
+    #[serde(default)]
+    pub source_entries: u64,
+    #[serde(default)]
+    pub source_bytes: u64,
+    /// The count is complete (until then the totals are a lower bound).
+    #[serde(default)]
+    pub source_counted: bool,
+    /// Seconds left at the pace so far (the slower of entries and bytes),
+    /// once the count is complete; None before.
+    #[serde(default)]
+    pub eta_seconds: Option<f64>,
 }
 
 /// What `georep status --json` prints for one session.
@@ -66,7 +83,11 @@ pub struct Status {
     /// Unix seconds of the newest change the slave has durably applied.
     pub last_synced: Option<f64>,
     pub lag_seconds: Option<f64>,
-    pub pending: Pending,
+    /// Changes the journal holds that the slave lacks; None (null) when
+    /// unknown: no daemon runs and the journal holds none, but changes
+    /// made while no daemon ran are in no journal (the next start's crawl
+    /// finds them).
+    pub pending: Option<Pending>,
     /// Entries that failed to replicate and are still owed (parked ones
     /// included), as gluster counts FAILURES.
     pub failures: u64,
@@ -98,6 +119,11 @@ pub struct Status {
     pub rate: Option<f64>,
     pub bytes_sent: u64,
     pub last_error: Option<String>,
+    /// A daemon that died without stopping (SIGKILL, a crash): the Unix
+    /// time it was last seen alive (`last_error` names the evidence); it
+    /// died after that. Set by the reader, never by the daemon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_alive: Option<f64>,
     pub source: String,
     pub target: String,
     /// The crawl in progress, when the daemon is asked live.
@@ -128,7 +154,7 @@ impl Status {
             pid: None,
             last_synced: None,
             lag_seconds: None,
-            pending: Pending::default(),
+            pending: None,
             failures: 0,
             parked: 0,
             failed_entries: Vec::new(),
@@ -142,6 +168,7 @@ impl Status {
             rate: None,
             bytes_sent: 0,
             last_error: None,
+            last_seen_alive: None,
             source: c.source.display().to_string(),
             target: c.target.clone(),
             watch_limit: false,
@@ -161,6 +188,10 @@ impl Status {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_else(|| Status::new(s, &c));
+        // `config NAME source|target` on a stopped session changes what the
+        // next run replicates; the last report still names the old ones.
+        st.source = c.source.display().to_string();
+        st.target = c.target.clone();
         let daemon = s.daemon();
         st.pid = match daemon {
             Daemon::Running(pid) => Some(pid),
@@ -174,9 +205,12 @@ impl Status {
             // A daemon that stops cleanly says so last; any other last word
             // without a daemon behind it means it died (SIGKILL, a crash).
             if !matches!(st.state, State::Created | State::Stopped) {
+                let (seen, evidence) = last_seen_alive(s);
+                st.last_seen_alive = seen;
                 st.last_error = Some(format!(
-                    "the daemon died without stopping (its last report: {:?}); \
-                     changes since are in the journal: `georep start {}`",
+                    "the daemon died without stopping; it was last seen alive by \
+                     {evidence} (its last report said {:?}); `georep start {}` \
+                     resumes, its crawl finds what changed since",
                     st.state, st.session
                 ));
                 st.state = State::Faulty;
@@ -191,13 +225,15 @@ impl Status {
 
     /// Pending counts, lag, failures, pause and checkpoint as the journal
     /// has them now. Without a running daemon the journal records nothing,
-    /// so an empty backlog says nothing about the lag: unknown.
+    /// so an empty backlog says nothing about the lag or the pending
+    /// changes: unknown.
     pub fn fill_from_journal(&mut self, j: &Journal, running: bool) {
         // A passive node's journal is what it would replay on a takeover,
         // not a backlog: the active node's is in `nodes`.
         match j.pending_by_kind() {
-            _ if self.state == State::Passive => self.pending = Pending::default(),
-            Ok((entry, data, meta)) => self.pending = Pending { entry, data, meta },
+            _ if self.state == State::Passive => self.pending = Some(Pending::default()),
+            Ok((0, 0, 0)) if !running => self.pending = None,
+            Ok((entry, data, meta)) => self.pending = Some(Pending { entry, data, meta }),
             Err(_) => {}
         }
         if let Ok(m) = j.marker() {
@@ -229,6 +265,30 @@ impl Status {
         self.checkpoint_time = cp.map(|c| c.time);
         self.checkpoint_completion_time = cp.and_then(|c| c.completed_at);
         self.checkpoint_completed = self.checkpoint_completion_time.is_some();
+    }
+}
+
+/// When a daemon that is gone was last seen alive, and by what: the newest
+/// of its heartbeat (the pid file's time, touched every
+/// [`HEARTBEAT`](crate::session::HEARTBEAT) while it runs) and its last
+/// status report.
+fn last_seen_alive(s: &Session) -> (Option<f64>, String) {
+    let mtime = |p: std::path::PathBuf| {
+        let t = std::fs::metadata(p).and_then(|m| m.modified()).ok()?;
+        Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs_f64())
+    };
+    let beat = mtime(s.pid_path());
+    let report = mtime(s.status_path());
+    match (beat, report) {
+        (Some(b), r) if r.is_none_or(|r| b >= r) => (
+            Some(b),
+            format!(
+                "its heartbeat in daemon.pid (touched every {} s)",
+                crate::session::HEARTBEAT.as_secs()
+            ),
+        ),
+        (_, Some(r)) => (Some(r), "its last status report, status.json".into()),
+        _ => (None, "nothing: no pid file or report is left".into()),
     }
 }
 

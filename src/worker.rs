@@ -442,7 +442,7 @@ impl Worker {
         let started_ns = journal::now_ns();
         // Everything changed before the crawl started is on the slave after it.
         r.set_marker(started_ns);
-        self.controls.crawling(Some(rep.clone()));
+        self.controls.crawling(Some((rep.clone(), &self.config)));
         // A pause, a stop or a lost lease ends it early; it starts over
         // later (what it shipped is not shipped again).
         let (controls, shutdown) = (self.controls.clone(), self.shutdown.clone());

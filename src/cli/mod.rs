@@ -2,6 +2,16 @@
 //! options the library trusts (ripgrep's two stages). One module per
 //! user-level command; all terminal output lives under cli/.
 
+/// A line on stderr, like `eprintln!` but dropped when stderr is a closed
+/// pipe (`georep sync ... 2>&1 | head -c1`): `sync` and `start` keep
+/// SIGPIPE ignored (main.rs), and `eprintln!` would panic there (exit 101).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod control;
 mod generate;
 mod itemize;
@@ -355,7 +365,7 @@ fn generated(what: Generate) -> Exit {
     match generate::generate(what, &mut out).and_then(|()| std::io::Write::flush(&mut out)) {
         Ok(()) => Exit::Ok,
         Err(e) => {
-            eprintln!("georep: writing to stdout: {e}");
+            say!("georep: writing to stdout: {e}");
             Exit::Other
         }
     }
@@ -364,7 +374,7 @@ fn generated(what: Generate) -> Exit {
 fn keys_create(a: &KeysCreateArgs) -> Exit {
     match crate::keys::create(&a.dir, &a.place.place(), a.remote_command.as_deref()) {
         Ok(c) => {
-            eprintln!(
+            say!(
                 "georep: wrote {} and {}; install this line in the slave's authorized_keys:",
                 c.private.display(),
                 c.public.display()
@@ -373,7 +383,7 @@ fn keys_create(a: &KeysCreateArgs) -> Exit {
             Exit::Ok
         }
         Err(e) => {
-            eprintln!("georep: {e}");
+            say!("georep: {e}");
             Exit::Other
         }
     }
@@ -386,7 +396,7 @@ fn fail(e: &Error) -> Exit {
     } else {
         ""
     };
-    eprintln!("georep: {e}{hint}");
+    say!("georep: {e}{hint}");
     e.exit()
 }
 

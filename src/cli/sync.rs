@@ -79,7 +79,7 @@ pub fn run(a: SyncArgs) -> Exit {
     let opts = match a.validate() {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("georep: {e}");
+            say!("georep: {e}");
             return Exit::Usage;
         }
     };
@@ -87,7 +87,7 @@ pub fn run(a: SyncArgs) -> Exit {
         lines, json, progress, quiet,
     ))));
     if let Err(e) = stop_on_signals(rep.clone()) {
-        eprintln!("georep: warning: cannot handle signals: {e}");
+        say!("georep: warning: cannot handle signals: {e}");
     }
     let result = replicate::run_with(&opts, rep.clone());
     if rep.quiet() {
@@ -110,10 +110,10 @@ pub fn run(a: SyncArgs) -> Exit {
                 let _ = writeln!(out);
             }
             if let Some(why) = &summary.refused {
-                eprintln!("georep: {why}");
+                say!("georep: {why}");
             }
             if summary.errors > 0 {
-                eprintln!(
+                say!(
                     "georep: {} entries failed; the rest was replicated",
                     summary.errors
                 );
@@ -121,7 +121,7 @@ pub fn run(a: SyncArgs) -> Exit {
             } else if summary.refused.is_some() {
                 Exit::DeleteLimit
             } else if summary.vanished > 0 {
-                eprintln!(
+                say!(
                     "georep: {} entries vanished from the source while it was read",
                     summary.vanished
                 );
@@ -143,10 +143,7 @@ fn stop_on_signals(rep: Arc<Reporter>) -> std::io::Result<()> {
         if let Some(sig) = signals.forever().next() {
             rep.interrupt();
             crate::transport::abandon();
-            let _ = writeln!(
-                std::io::stderr(),
-                "georep: interrupted; nothing left behind"
-            );
+            say!("georep: interrupted; nothing left behind");
             std::process::exit(128 + sig);
         }
     });

@@ -34,6 +34,23 @@ fn lag(s: &Status) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// Pending counts as "entry/data/meta", or "unknown" (a stopped session
+/// whose journal holds nothing: what changed meanwhile is in no journal).
+fn pending(s: &Status) -> String {
+    match &s.pending {
+        Some(p) => format!("{}/{}/{}", p.entry, p.data, p.meta),
+        None => "unknown".into(),
+    }
+}
+
+/// One pending count for `--detail`.
+fn pending_count(s: &Status, kind: fn(&crate::status::Pending) -> u64) -> String {
+    s.pending
+        .as_ref()
+        .map(|p| kind(p).to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
 fn crawl(s: &Status) -> String {
     s.crawl
         .map(|c| format!("{c:?}"))
@@ -62,13 +79,16 @@ pub fn print_status_table(list: &[Status]) {
             s.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
             when(s.last_synced),
             lag(s),
-            format!("{}/{}/{}", s.pending.entry, s.pending.data, s.pending.meta),
+            pending(s),
             s.failures,
             s.source,
             s.target
         );
         if let Some(p) = progress(s) {
             println!("{:<16} {p}", "");
+        }
+        if let Some(t) = s.last_seen_alive {
+            println!("{:<16} daemon died: last seen alive {}", "", when(Some(t)));
         }
         if let Some(e) = &s.last_error {
             println!("{:<16} last error: {e}", "");
@@ -106,14 +126,28 @@ fn print_nodes(s: &Status) {
     }
 }
 
-/// The crawl in progress, in a line.
+/// The crawl in progress, in a line: what is done, of what the count of the
+/// source found (a lower bound while the count runs), and the time left
+/// once the count is complete.
 fn progress(s: &Status) -> Option<String> {
     let p = s.progress.as_ref()?;
+    let of = |done: u64, total: u64, show: fn(u64) -> String| match (p.source_counted, total > done)
+    {
+        (true, _) => format!("{} of {}", show(done), show(total)),
+        (false, true) => format!("{} of at least {}", show(done), show(total)),
+        (false, false) => show(done),
+    };
+    let mb = |b: u64| format!("{:.1} MB", b as f64 / 1e6);
+    let eta = p
+        .eta_seconds
+        .map(|e| format!(", about {} left", age(e)))
+        .unwrap_or_default();
     Some(format!(
-        "crawling: {} files checked, {} sent ({:.1} MB), {:.0} files/s for {}",
-        p.files_checked,
+        "crawling: {} entries checked ({}), {} files sent ({}), {:.0} entries/s for {}{eta}",
+        of(p.files_checked, p.source_entries, |n| n.to_string()),
+        of(p.bytes_checked, p.source_bytes, mb),
         p.files_sent,
-        (p.bytes_literal + p.bytes_matched) as f64 / 1e6,
+        mb(p.bytes_literal + p.bytes_matched),
         p.rate,
         age(p.elapsed_seconds)
     ))
@@ -130,7 +164,7 @@ pub fn print_status_detail(list: &[Status]) {
         if i > 0 {
             println!();
         }
-        let pending = s.pending.entry + s.pending.data + s.pending.meta;
+        let pending = s.pending.map(|p| p.entry + p.data + p.meta);
         // The rate the session has shipped at over the last minute, for an ETA.
         let rate = s
             .rate
@@ -138,8 +172,8 @@ pub fn print_status_detail(list: &[Status]) {
             .map(|r| format!("{r:.1} changes/s"))
             .unwrap_or_else(|| "-".into());
         let eta = match (pending, s.rate) {
-            (0, _) => "-".into(),
-            (n, Some(r)) if r > 0.0 => age(n as f64 / r),
+            (Some(0), _) => "-".into(),
+            (Some(n), Some(r)) if r > 0.0 => age(n as f64 / r),
             _ => "unknown".into(),
         };
         let rows: [(&str, String); 17] = [
@@ -153,9 +187,9 @@ pub fn print_status_detail(list: &[Status]) {
             ("STATUS", state(s)),
             ("CRAWL STATUS", crawl(s)),
             ("LAST SYNCED", when(s.last_synced)),
-            ("ENTRY", s.pending.entry.to_string()),
-            ("DATA", s.pending.data.to_string()),
-            ("META", s.pending.meta.to_string()),
+            ("ENTRY", pending_count(s, |p| p.entry)),
+            ("DATA", pending_count(s, |p| p.data)),
+            ("META", pending_count(s, |p| p.meta)),
             ("FAILURES", format!("{} ({} parked)", s.failures, s.parked)),
             ("CHECKPOINT TIME", when(s.checkpoint_time)),
             (

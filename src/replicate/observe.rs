@@ -227,7 +227,10 @@ impl Reporter {
                 f.overflowed = true;
             }
         }
-        self.observer.error(msg);
+        // Abandoned (Ctrl-C): the dying link's failures are no news.
+        if !self.quiet() {
+            self.observer.error(msg);
+        }
     }
 
     /// The entries that failed since the last call, with their errors; None
@@ -243,14 +246,16 @@ impl Reporter {
     }
 
     pub fn warn(&self, msg: &str) {
-        self.observer.warn(msg);
+        if !self.quiet() {
+            self.observer.warn(msg);
+        }
     }
 
     /// An entry that vanished from the source while it was read: counted
     /// and told, not a failure (what happened to it is someone else's news).
     pub fn vanished(&self, msg: &str) {
         self.counters.vanished.fetch_add(1, Relaxed);
-        self.observer.warn(msg);
+        self.warn(msg);
     }
 
     pub fn planned(&self, bytes: u64) {

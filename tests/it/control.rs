@@ -76,7 +76,10 @@ georep_test!(
         s.run(&["pause", &s.name]).assert_code(0);
         s.wait_status("Paused", CONVERGE, |st| state(st) == "Paused");
         write_file(&t.src.join("b"), b"written before the checkpoint");
-        s.wait_status("b journaled", CONVERGE, |st| !pending_is_zero(st));
+        // Counted, not merely "not zero": unknown (null) is not journaled.
+        s.wait_status("b journaled", CONVERGE, |st| {
+            st["pending"]["entry"].as_u64() >= Some(1)
+        });
         let run = s.run(&["checkpoint", &s.name, "--wait", "--timeout", "1"]);
         s.check(&run, EXIT_TIMEOUT);
         let st = s.status();
@@ -268,35 +271,53 @@ georep_test!(
 );
 
 georep_test!(initial_crawl_shows_progress_in_status, |t: TestDir| {
-    // Enough content that the first crawl takes a moment on any machine.
-    for i in 0..2000 {
-        write_random(&t.src.join(format!("d{}/f{i}", i % 40)), 16 * 1024, i);
+    const FILES: u64 = 400;
+    const DIRS: u64 = 20;
+    const SIZE: u64 = 16 * 1024;
+    for i in 0..FILES {
+        write_random(&t.src.join(format!("d{}/f{i}", i % DIRS)), SIZE, i);
     }
+    // 6.4 MB at 2 MiB/s: the first crawl takes about 3 s, on any machine.
     let s = Session::new(&t, "progress");
-    s.create_ok(p(&t.dst), &["jobs=1", "fsync=file"]);
+    s.create_ok(p(&t.dst), &["bwlimit=2M"]);
     s.start();
     let mut seen = None;
     let start = Instant::now();
     while start.elapsed() < CONVERGE {
         let st = s.status();
-        if let Some(files) = st["progress"]["files_checked"].as_u64() {
-            if files > 0 {
-                seen = Some(st);
-                break;
-            }
+        let pr = &st["progress"];
+        if pr["files_checked"].as_u64() > Some(0)
+            && pr["source_counted"] == true
+            && pr["eta_seconds"].as_f64().is_some()
+        {
+            let table = s.run(&["status", &s.name]);
+            seen = Some((st, table));
+            break;
         }
         if st["state"] == "Active" {
             break;
         }
         std::thread::sleep(ms(20));
     }
-    let Some(st) = seen else {
-        eprintln!("skipped: the initial crawl ended before status could see it");
-        s.wait_converged("initial sync");
-        return;
-    };
+    let (st, table) = seen.unwrap_or_else(|| {
+        panic!(
+            "status never showed the initial crawl's progress with a total and an ETA\n{}",
+            s.diagnostics()
+        )
+    });
     assert_eq!(st["state"], "Initializing", "{st}");
-    assert!(st["progress"]["rate"].as_f64() > Some(0.0), "{st}");
+    let pr = &st["progress"];
+    assert!(pr["rate"].as_f64() > Some(0.0), "{st}");
+    assert_eq!(pr["source_entries"], FILES + DIRS, "{st}");
+    assert_eq!(pr["source_bytes"], FILES * SIZE, "{st}");
+    assert!(pr["eta_seconds"].as_f64() > Some(0.0), "{st}");
+    assert!(
+        table
+            .stdout
+            .contains(&format!("of {} entries checked", FILES + DIRS)),
+        "{table}"
+    );
+    assert!(table.stdout.contains("left"), "{table}");
     s.wait_converged("initial sync");
 });
 

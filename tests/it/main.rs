@@ -15,6 +15,7 @@ mod hostile_local;
 mod nodes;
 mod operator;
 mod operator_errors;
+mod operator_status;
 mod regression;
 mod rsync_habits;
 mod session;

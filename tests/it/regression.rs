@@ -319,22 +319,47 @@ georep_test!(
     }
 );
 
-// A daemon killed with SIGKILL showed as Stopped, like a clean stop.
+// A daemon killed with SIGKILL showed as Stopped, like a clean stop; then
+// as Faulty, but without saying when it died.
 georep_test!(
     regression_a_dead_daemon_is_not_shown_as_stopped,
     |t: TestDir| {
+        /// How often the daemon touches its pid file (session.rs HEARTBEAT).
+        const HEARTBEAT: f64 = 10.0;
         let s = started(&t, "dies", &[]);
         let pid = s.daemon_pid().expect("a daemon runs");
+        // Idle past a heartbeat: its last status report is older than that.
+        std::thread::sleep(Duration::from_secs_f64(HEARTBEAT + 1.5));
+        let killed_at = unix_now();
         signal(pid, Signal::KILL);
         let st = s.wait_status("the death seen", Duration::from_secs(10), |st| {
             st["pid"].is_null()
         });
         assert_eq!(st["state"], "Faulty", "{st}");
-        assert!(st["last_error"].as_str().unwrap().contains("died"), "{st}");
-        // A clean stop is Stopped.
+        let error = st["last_error"].as_str().unwrap();
+        assert!(error.contains("died"), "{st}");
+        assert!(
+            error.contains("heartbeat in daemon.pid"),
+            "the evidence: {st}"
+        );
+        let seen = st["last_seen_alive"]
+            .as_f64()
+            .expect("when it was last seen");
+        assert!(
+            seen <= killed_at + 1.0 && killed_at - seen <= HEARTBEAT + 2.0,
+            "last seen alive {:.1} s before it was killed: {st}",
+            killed_at - seen
+        );
+        let table = s.run(&["status", &s.name]);
+        s.check(&table, 0);
+        let line = table.stdout.lines().find(|l| l.contains("last seen alive"));
+        assert!(line.is_some_and(|l| l.contains(" ago)")), "{table}");
+        // A clean stop is Stopped, and nobody died.
         s.start();
         s.wait_converged("restarted");
         s.stop();
-        assert_eq!(s.status()["state"], "Stopped");
+        let st = s.status();
+        assert_eq!(st["state"], "Stopped");
+        assert!(st.get("last_seen_alive").is_none(), "{st}");
     }
 );
