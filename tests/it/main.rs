@@ -9,6 +9,7 @@ mod events;
 mod hostile;
 mod hostile_limits;
 mod hostile_local;
+mod links;
 mod nodes;
 mod operator;
 mod operator_errors;
