@@ -167,6 +167,11 @@ impl Worker {
         if r.replica_estimate().is_none() {
             r.set_replica_estimate(self.replica_estimate);
         }
+        // New hard links ship as links to names the index knows.
+        match self.journal.inode_index() {
+            Ok(ix) => r.set_inode_hints(Box::new(ix)),
+            Err(e) => warn!("inode index: {e}; new hard links wait for a crawl"),
+        }
         if self.keeper.is_some() && self.served_epoch != Some(self.epoch) {
             self.take_over(r)?;
         }
@@ -421,7 +426,10 @@ impl Worker {
         paths: &[Vec<u8>],
     ) -> Result<(), Error> {
         let started = journal::now_ns();
-        self.round(r, rep, &plan::entries(paths), None)?;
+        if self.round(r, rep, &plan::entries(paths), None)?.needs_full {
+            // A hard-link group it could not form (as for live rounds).
+            self.crawl_needed();
+        }
         for p in paths {
             self.journal.clear_failures_under(p, started)?;
         }

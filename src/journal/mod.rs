@@ -7,16 +7,18 @@
 //! it only moves forward, and only through [`Journal::ack`]. Rows at or
 //! below the marker are trimmed once older than the retention window.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
 mod control;
 mod failures;
+mod links;
 mod writer;
 pub use control::Checkpoint;
 pub use failures::{Failure, FailureCount, PARK_AFTER};
+pub use links::InodeIndex;
 pub use writer::{CommitListener, Committed, Writer};
 
 /// What happened to a path. Stored as an integer; never renumber.
@@ -135,6 +137,8 @@ pub fn now_ns() -> i64 {
 pub struct Journal {
     conn: Connection,
     path: String,
+    /// The database file, for the inode index's own connection.
+    file: PathBuf,
 }
 
 impl Journal {
@@ -165,9 +169,14 @@ impl Journal {
         )
         .and_then(|_| conn.execute_batch(Self::CONTROL_SCHEMA))
         .and_then(|_| conn.execute_batch(Self::FAILURES_SCHEMA))
+        .and_then(|_| conn.execute_batch(Self::INODES_SCHEMA))
         .map_err(err)?;
         conn.set_prepared_statement_cache_capacity(16);
-        Ok(Journal { conn, path: shown })
+        Ok(Journal {
+            conn,
+            path: shown,
+            file: path.to_path_buf(),
+        })
     }
 
     /// Opens a journal that must already exist (for readers such as `status`).

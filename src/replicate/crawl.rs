@@ -3,8 +3,9 @@
 
 use std::collections::HashMap;
 
+use super::links::Leader;
 use super::scope::Scope;
-use super::walk::{DirTask, Leader};
+use super::walk::DirTask;
 
 /// A full crawl taken in slices, so that a daemon can ship live changes
 /// between them ([`Replicator::crawl_slice`]). Between slices it keeps the

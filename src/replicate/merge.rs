@@ -5,9 +5,10 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
+use super::links::special;
 use super::observe::{Diff, Item, What};
 use super::ship::{self, DataJob};
-use super::walk::{DeferredLink, DirTask, Leader, Listing, Planner};
+use super::walk::{DirTask, Listing, Planner};
 use crate::confine::{join, show, PathError};
 use crate::error::Result;
 use crate::meta::{self, Entry, Kind, Meta, ScanOpts, Xattrs};
@@ -284,7 +285,7 @@ impl Planner<'_> {
             Kind::Regular => changed |= self.regular(path, dir, m, s)?,
             kind => {
                 // A further name of a hard-link group (of any type): a link.
-                if let Some(linked) = self.follower(path, &m, s.as_ref()) {
+                if let Some(linked) = self.follower(path, dir, &m, s.as_ref())? {
                     return Ok(changed | linked);
                 }
                 let same = |s: &Entry| match kind {
@@ -309,64 +310,13 @@ impl Planner<'_> {
                             }
                             None => self.created(path, &m),
                         }
-                        self.mutate(&match kind {
-                            Kind::Symlink => Msg::Symlink {
-                                path: path.to_vec(),
-                                target: m.target,
-                                meta: m.meta,
-                            },
-                            kind => Msg::Mknod {
-                                path: path.to_vec(),
-                                kind,
-                                rdev: m.rdev,
-                                meta: m.meta,
-                            },
-                        })?;
+                        self.mutate(&special(path.to_vec(), m))?;
                         changed = true;
                     }
                 }
             }
         }
         Ok(changed)
-    }
-
-    /// A further name of a hard-link group whose leader is already placed:
-    /// linked to it once every leader has its content (returns whether a
-    /// link is owed). None: `m` is not in a group, or leads it.
-    fn follower(&mut self, path: &[u8], m: &Entry, s: Option<&Entry>) -> Option<bool> {
-        if m.nlink <= 1 {
-            return None;
-        }
-        if self.targeted && !self.links.contains_key(&(m.dev, m.ino)) {
-            // Its other names may lie outside this round's directories.
-            self.needs_full = true;
-        }
-        let leader = self.links.get(&(m.dev, m.ino))?;
-        let linked = matches!((s, leader.slave_ino), (Some(s), Some(ino)) if s.ino == ino);
-        if !linked {
-            let diff = s.map_or_else(Diff::default, |s| Diff {
-                size: m.kind == Kind::Regular && s.size != m.size,
-                ..self.meta_diff(m.kind, &m.meta, &s.meta)
-            });
-            let target = leader.rel.clone();
-            self.deferred_links.push(DeferredLink {
-                path: path.to_vec(),
-                target,
-                kind: m.kind,
-                created: s.is_none(),
-                diff,
-            });
-        }
-        Some(!linked)
-    }
-
-    /// Records `path` as the leader of its hard-link group, if it has one;
-    /// `slave_ino` is the slave inode that keeps its content, if any does.
-    fn lead(&mut self, path: &[u8], m: &Entry, slave_ino: Option<u64>) {
-        if m.nlink > 1 {
-            let rel = path.to_vec();
-            self.links.insert((m.dev, m.ino), Leader { rel, slave_ino });
-        }
     }
 
     pub(super) fn created(&self, path: &[u8], m: &Entry) {
@@ -379,6 +329,11 @@ impl Planner<'_> {
         if diff.meta() {
             self.tell(What::Meta, path, m, diff);
             self.rep.counters.meta_updated.fetch_add(1, Relaxed);
+            if self.targeted && m.nlink > 1 && !self.opts.dry_run {
+                // The slave may not vouch for an inode whose other names
+                // this round did not list: then a crawl sets it.
+                self.rep.claim(path);
+            }
             self.mutate(&Msg::SetMeta {
                 path: path.to_vec(),
                 kind: m.kind,
@@ -396,7 +351,7 @@ impl Planner<'_> {
         s: Option<Entry>,
     ) -> Result<bool> {
         let in_group = m.nlink > 1;
-        if let Some(linked) = self.follower(path, &m, s.as_ref()) {
+        if let Some(linked) = self.follower(path, dir, &m, s.as_ref())? {
             return Ok(linked);
         }
         let diff = s.as_ref().map(|s| {

@@ -14,6 +14,7 @@
 pub mod bwlimit;
 mod crawl;
 mod guard;
+mod links;
 mod merge;
 mod options;
 mod scope;
@@ -25,6 +26,7 @@ pub mod ship;
 
 pub use crawl::Crawl;
 pub use guard::PERCENT_MIN_ENTRIES;
+pub use links::{HintUpdate, InodeHints};
 pub use options::{DeleteLimits, Filters, Options};
 pub use scope::{Reach, Scope};
 
@@ -68,8 +70,9 @@ pub fn run_with(opts: &Options, rep: Arc<Reporter>) -> Result<Summary> {
 /// What a round learned besides its changes.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RoundOutcome {
-    /// A targeted round met a hard-link group it could not see whole: only
-    /// a full round can place its names correctly.
+    /// A targeted round left a hard-link group unformed on the slave (new
+    /// content for a group whose other names lie outside the round, or a
+    /// link or group metadata the slave refused): a full round forms it.
     pub needs_full: bool,
     /// The round was asked to stop early ([`Replicator::round_until`]):
     /// what it did is durable, but it did not cover its scope.
@@ -93,6 +96,8 @@ pub struct Replicator {
     removals: VecDeque<(Instant, u64, u64)>,
     /// The change time the next round's Finish carries (see [`Replicator::set_marker`]).
     marker_ns: i64,
+    /// Where the slave holds inodes of the source (a session's journal).
+    hints: Option<Box<dyn InodeHints>>,
 }
 
 impl Replicator {
@@ -128,6 +133,7 @@ impl Replicator {
             override_deletes: opts.limits.override_once,
             removals: VecDeque::new(),
             marker_ns: 0,
+            hints: None,
         })
     }
 
@@ -136,6 +142,7 @@ impl Replicator {
         // The source changed since the last round: cached handles may name
         // directories that moved or were replaced.
         self.source.invalidate();
+        let hints = self.hints.as_deref_mut();
         let mut p = Planner::new(
             &self.opts,
             &self.conn,
@@ -143,6 +150,7 @@ impl Replicator {
             &mut self.source,
             &self.hello,
         );
+        p.hints = hints;
         p.estimate = self.estimate;
         p.marker_ns = std::mem::take(&mut self.marker_ns);
         p.override_deletes = self.override_deletes;
@@ -247,6 +255,12 @@ impl Replicator {
             needs_full,
             interrupted: !crawl.stack.is_empty(),
         })
+    }
+
+    /// Lets targeted rounds ship a new hard link as a link to a name the
+    /// slave already holds (links.rs), and keeps `hints` up to date.
+    pub fn set_inode_hints(&mut self, hints: Box<dyn InodeHints>) {
+        self.hints = Some(hints);
     }
 
     /// The newest change time the next round covers: a fenced session's

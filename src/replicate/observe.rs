@@ -3,6 +3,7 @@
 //! go (a terminal for `georep sync`, the daemon's log for a session). No
 //! terminal code lives in the engine.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -171,6 +172,9 @@ pub struct Reporter {
     failed: Mutex<Failed>,
     /// The run is being abandoned (Ctrl-C): nothing more is drawn.
     interrupted: AtomicBool,
+    /// Paths whose refusal by the slave the planner handles itself (see
+    /// [`Reporter::claim`]), with the slave's message once refused.
+    claims: Mutex<HashMap<Vec<u8>, Option<String>>>,
 }
 
 /// The entries that failed since the last [`Reporter::take_failures`],
@@ -193,6 +197,7 @@ impl Reporter {
             last_error: Mutex::default(),
             failed: Mutex::default(),
             interrupted: AtomicBool::new(false),
+            claims: Mutex::default(),
         }
     }
 
@@ -217,6 +222,10 @@ impl Reporter {
     /// A failure of the entry at `path`: counted, told, remembered; the
     /// run goes on.
     pub fn error(&self, path: &[u8], msg: &str) {
+        if let Some(refused) = self.claims.lock().unwrap().get_mut(path) {
+            refused.get_or_insert_with(|| msg.to_string());
+            return;
+        }
         self.counters.errors.fetch_add(1, Relaxed);
         *self.last_error.lock().unwrap() = Some(msg.to_string());
         {
@@ -238,6 +247,21 @@ impl Reporter {
     pub fn take_failures(&self) -> Option<Vec<(Vec<u8>, String)>> {
         let f = std::mem::take(&mut *self.failed.lock().unwrap());
         (!f.overflowed).then_some(f.entries)
+    }
+
+    /// Until [`Reporter::release_claims`], a failure of `path` is the
+    /// planner's to handle (it has a fallback: a link refused by the slave
+    /// becomes a copy), not an entry failure.
+    pub fn claim(&self, path: &[u8]) {
+        self.claims.lock().unwrap().insert(path.to_vec(), None);
+    }
+
+    /// Ends every claim; returns the claimed paths that failed, with why.
+    pub fn release_claims(&self) -> HashMap<Vec<u8>, String> {
+        std::mem::take(&mut *self.claims.lock().unwrap())
+            .into_iter()
+            .filter_map(|(p, why)| why.map(|w| (p, w)))
+            .collect()
     }
 
     /// The latest entry failure reported with [`Reporter::error`].

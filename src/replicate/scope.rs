@@ -70,6 +70,8 @@ impl Planner<'_> {
                 for (from, to) in renames {
                     self.rename(from, to)?;
                 }
+                // The hints move with the renames before the walk reads any.
+                self.flush_hints();
                 self.targeted_tasks(dirs)
             }
         }
@@ -102,6 +104,10 @@ impl Planner<'_> {
                 from: from.to_vec(),
                 to: to.to_vec(),
             })?;
+            if self.hints.is_some() {
+                let r = (from.to_vec(), to.to_vec());
+                self.hint_update.renamed.push(r);
+            }
         }
         Ok(())
     }

@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use super::conn::{Conn, CONTROL};
 use super::guard::Doomed;
-use super::observe::{Diff, Item, Reporter, What};
+use super::links::{DeferredLink, HintUpdate, InodeHints, Leader};
+use super::observe::Reporter;
 use super::options::Options;
 use super::ship::{self, DataJob, JobOpts, Verdicts};
 use crate::confine::{show, Root};
@@ -43,25 +44,6 @@ pub(super) enum Listing {
     Requested(Receiver<Msg>),
 }
 
-/// A further name of a hard-link group, linked at the round's end.
-pub(super) struct DeferredLink {
-    pub(super) path: Vec<u8>,
-    /// The group's name on the slave that it joins.
-    pub(super) target: Vec<u8>,
-    pub(super) kind: Kind,
-    /// The slave had no entry of this name...
-    pub(super) created: bool,
-    /// ...or one that differs so.
-    pub(super) diff: Diff,
-}
-
-/// A hard-link group, by the source's (dev, ino).
-pub(super) struct Leader {
-    pub(super) rel: Vec<u8>,
-    /// The slave inode now holding the leader's content, unless it is being replaced.
-    pub(super) slave_ino: Option<u64>,
-}
-
 pub(super) struct Planner<'a> {
     pub(super) opts: &'a Options,
     pub(super) conn: &'a Conn,
@@ -72,6 +54,9 @@ pub(super) struct Planner<'a> {
     pub(super) owners: bool,
     pub(super) links: HashMap<(u64, u64), Leader>,
     pub(super) deferred_links: Vec<DeferredLink>,
+    /// A session's inode hints (links.rs), and what this round tells them.
+    pub(super) hints: Option<&'a mut (dyn InodeHints + 'static)>,
+    pub(super) hint_update: HintUpdate,
     /// The source root's filesystem (for `-x`).
     pub(super) root_dev: Option<u64>,
     pub(super) jobs: Option<mpsc::SyncSender<DataJob>>,
@@ -131,6 +116,8 @@ impl<'a> Planner<'a> {
             owners: hello.privileged,
             links: HashMap::new(),
             deferred_links: Vec::new(),
+            hints: None,
+            hint_update: HintUpdate::default(),
             root_dev,
             jobs: None,
             job_opts: JobOpts {
@@ -167,6 +154,8 @@ impl<'a> Planner<'a> {
         stack: Vec<DirTask>,
         yield_now: Option<&dyn Fn() -> bool>,
     ) -> Result<Vec<DirTask>> {
+        // Claims are a round's own (links.rs).
+        self.rep.release_claims();
         let (tx, rx) = mpsc::sync_channel::<DataJob>(self.opts.jobs * 4);
         let rx = Arc::new(Mutex::new(rx));
         self.jobs = Some(tx);
@@ -207,32 +196,28 @@ impl<'a> Planner<'a> {
         let left = self.suspend(left)?;
         // A full round stopped early did not list the whole replica.
         self.whole &= left.is_empty();
+        let doomed: Option<Vec<Vec<u8>>> = self
+            .hints
+            .is_some()
+            .then(|| self.doomed.iter().map(|d| d.path.clone()).collect());
         let refused = self.settle_deletes()?;
-        self.settle_retries()?;
-        for l in std::mem::take(&mut self.deferred_links) {
-            self.rep.change(&Item {
-                what: What::Linked { new: l.created },
-                kind: l.kind,
-                path: &l.path,
-                diff: l.diff,
-                target: Some(&l.target),
-            });
-            self.mutate(&Msg::Link {
-                path: l.path,
-                target: l.target,
-            })?;
+        if refused.is_none() {
+            self.hint_update.removed = doomed.unwrap_or_default();
         }
+        self.settle_retries()?;
+        self.send_links()?;
         let finish = Msg::Finish {
             marker_ns: self.marker_ns,
         };
         let rx = self.conn.request(CONTROL, &finish)?;
         match self.conn.wait(&rx)? {
-            // The rest of the round is applied; the refusal fails it.
-            Msg::Finished => match refused {
-                Some(why) => Err(Error::DeleteLimit(why)),
-                None => Ok(left),
-            },
-            other => Err(Error::Protocol(format!("unexpected reply {other:?}"))),
+            Msg::Finished => self.settle_groups(),
+            other => return Err(Error::Protocol(format!("unexpected reply {other:?}"))),
+        }
+        // The rest of the round is applied; the refusal fails it.
+        match refused {
+            Some(why) => Err(Error::DeleteLimit(why)),
+            None => Ok(left),
         }
     }
 

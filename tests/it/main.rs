@@ -12,6 +12,7 @@ mod faults;
 mod hostile;
 mod hostile_limits;
 mod hostile_local;
+mod links;
 mod nodes;
 mod operator;
 mod operator_errors;
