@@ -2,7 +2,6 @@
 //! made a moment before it, and an entry that failed before a checkpoint
 //! holds it back even when the batch that failed it reaches past it.
 
-use std::process::Command;
 use std::time::Duration;
 
 use crate::support::fs::*;
@@ -32,30 +31,15 @@ georep_test!(
     }
 );
 
-/// Clears the immutable flag on drop.
-struct Immutable(std::path::PathBuf);
-impl Drop for Immutable {
-    fn drop(&mut self) {
-        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
-    }
-}
-
 georep_test!(
     a_failure_before_the_checkpoint_holds_it_even_in_a_batch_past_it,
     |t: TestDir| {
         mkdir(&t.src.join("locked"));
         let s = started(&t, "cpfail", &[]);
-        let locked = t.dst.join("locked");
-        let ok = Command::new("chattr")
-            .arg("+i")
-            .arg(&locked)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
+        let Some(lock) = Immutable::set(&t.dst.join("locked")) else {
             eprintln!("skipped: chattr +i is not available on this filesystem");
             return;
-        }
-        let lock = Immutable(locked);
+        };
         s.run(&["pause", &s.name]).assert_code(0);
         s.wait_status("Paused", CONVERGE, |st| st["state"] == "Paused");
         // Before the checkpoint: refused by the slave. After it: fine. On

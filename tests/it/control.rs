@@ -114,24 +114,6 @@ georep_test!(
     }
 );
 
-/// Clears the immutable flag on drop, so the test directory can go.
-struct Immutable(std::path::PathBuf);
-impl Immutable {
-    fn set(path: &std::path::Path) -> Option<Immutable> {
-        let ok = Command::new("chattr")
-            .arg("+i")
-            .arg(path)
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| Immutable(path.to_path_buf()))
-    }
-}
-impl Drop for Immutable {
-    fn drop(&mut self) {
-        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
-    }
-}
-
 georep_test!(parked_failure_lets_other_changes_flow, |t: TestDir| {
     mkdir(&t.src.join("locked"));
     let s = started(&t, "parked", &[]);

@@ -2,7 +2,6 @@
 //! failing as a whole does not hold back the changes behind it, and a pause
 //! stops even the start-up crawl.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::fs::*;
@@ -52,14 +51,6 @@ georep_test!(pause_stops_the_start_up_crawl, |t: TestDir| {
     assert_converged(&s);
 });
 
-/// Clears the immutable flag on drop.
-struct Immutable(std::path::PathBuf);
-impl Drop for Immutable {
-    fn drop(&mut self) {
-        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
-    }
-}
-
 georep_test!(
     a_batch_that_keeps_failing_lets_later_changes_pass,
     |t: TestDir| {
@@ -68,17 +59,10 @@ georep_test!(
         s.create_ok(p(&t.dst), &["batch_max_changes=100000"]);
         s.start();
         s.wait_converged("the initial sync");
-        let locked = t.dst.join("locked");
-        if !Command::new("chattr")
-            .arg("+i")
-            .arg(&locked)
-            .status()
-            .is_ok_and(|s| s.success())
-        {
+        let Some(lock) = Immutable::set(&t.dst.join("locked")) else {
             eprintln!("skipped: chattr +i is not available on this filesystem");
             return;
-        }
-        let lock = Immutable(locked);
+        };
         // More refusals than a round can list: the whole batch fails, every time.
         s.run(&["pause", &s.name]).assert_code(0);
         s.wait_status("Paused", CONVERGE, |st| st["state"] == "Paused");

@@ -291,3 +291,27 @@ pub fn cp_a(from: &Path, to: &Path) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Sets the immutable flag (chattr +i) on `path` until dropped; None where
+/// the filesystem or the user cannot.
+pub struct Immutable(PathBuf);
+
+impl Immutable {
+    pub fn set(path: &Path) -> Option<Immutable> {
+        let ok = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(path)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Immutable(path.to_path_buf()))
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .status();
+    }
+}
