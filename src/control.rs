@@ -408,9 +408,7 @@ impl Handler {
         self.shutdown.poke();
         Ok(reply)
     }
-}
 
-impl Handler {
     /// A checkpoint of every change made before now, including those whose
     /// events are still on their way from the kernel: a barrier file goes
     /// through the recorder's inotify queue behind them, and the checkpoint

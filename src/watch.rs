@@ -145,7 +145,7 @@ fn parent(p: &[u8]) -> Vec<u8> {
 
 /// A running recorder; dropping it stops watching.
 pub struct Recorder {
-    _watcher: notify::RecommendedWatcher,
+    watcher: notify::RecommendedWatcher,
     shared: Arc<Shared>,
     payer: Option<std::thread::JoinHandle<()>>,
 }
@@ -197,7 +197,7 @@ impl Recorder {
             }
         });
         Ok(Recorder {
-            _watcher: watcher,
+            watcher,
             shared,
             payer: Some(payer),
         })
@@ -211,7 +211,7 @@ impl Recorder {
             path: dir.display().to_string(),
             source,
         };
-        self._watcher
+        self.watcher
             .watch(dir, RecursiveMode::NonRecursive)
             .map_err(err)?;
         let _ = self.shared.barrier.set(dir.to_path_buf());

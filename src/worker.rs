@@ -217,9 +217,7 @@ impl Worker {
     /// Whether this node may ship now: it holds the lease under the epoch
     /// its connection announced (always, without a lease).
     fn holds_lease(&self) -> bool {
-        self.keeper
-            .as_ref()
-            .is_none_or(|k| k.current() == Some(self.epoch))
+        lease_held(&self.keeper, self.epoch)
     }
 
     /// A passive node's journal keeps `journal_retention` of changes.
@@ -455,11 +453,7 @@ impl Worker {
         // later (what it shipped is not shipped again).
         let (controls, shutdown) = (self.controls.clone(), self.shutdown.clone());
         let (keeper, epoch) = (self.keeper.clone(), self.epoch);
-        let stop = move || {
-            controls.paused()
-                || shutdown.stopping()
-                || keeper.as_ref().is_some_and(|k| k.current() != Some(epoch))
-        };
+        let stop = move || controls.paused() || shutdown.stopping() || !lease_held(&keeper, epoch);
         let done = self.round(r, rep, &Scope::Full, Some(&stop));
         self.controls.crawling(None);
         let done = done?;
@@ -669,6 +663,11 @@ impl Worker {
             let _ = w.finish();
         }
     }
+}
+
+/// Whether this node holds the lease under `epoch` (always, without one).
+fn lease_held(keeper: &Option<Arc<Keeper>>, epoch: Epoch) -> bool {
+    keeper.as_ref().is_none_or(|k| k.current() == Some(epoch))
 }
 
 /// Changes shipped per second over the last minute or so: an ETA after a
