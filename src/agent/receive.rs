@@ -7,7 +7,7 @@
 //! only if it is a regular file that is the replica's own.
 
 use std::io::{self, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
 use rustix::io::Errno;
@@ -35,6 +35,8 @@ pub(super) struct Incoming {
     /// The basis changed under us: answer Verified false so that the master
     /// sends the file whole.
     retry: bool,
+    /// Where writeback was last started: see [`kick`].
+    kicked: u64,
 }
 
 impl Incoming {
@@ -50,6 +52,23 @@ impl Incoming {
         self.file = None;
     }
 }
+
+/// After a write up to `pos`: past [`KICK`] bytes not yet started (or at the
+/// file's end, `last`) the kernel starts writing them out now, overlapped
+/// with receiving the rest, instead of all of them at the round's sync.
+fn kick(fd: BorrowedFd, kicked: &mut u64, pos: u64, last: bool) {
+    let pending = pos - *kicked;
+    if pending >= KICK || (last && pos >= KICK_TAIL && pending > 0) {
+        fsutil::start_writeback(fd, *kicked, pending);
+        *kicked = pos;
+    }
+}
+
+/// Bytes written to one file between two starts of its writeback.
+const KICK: u64 = 8 << 20;
+/// A file at least this large has its tail's writeback started at its end;
+/// smaller files are left to the round's sync, which writes them in bulk.
+const KICK_TAIL: u64 = 256 << 10;
 
 /// A signed basis, open for reading, and the length that was signed.
 pub(super) struct Basis {
@@ -108,6 +127,14 @@ impl<W: Write> Agent<W> {
         }
     }
 
+    /// Whether written data is worth sending to the disk early: only when
+    /// the round ends with a sync that would otherwise write it all.
+    fn early_writeback(&self) -> bool {
+        self.master
+            .as_ref()
+            .is_some_and(|h| h.fsync != FsyncPolicy::None)
+    }
+
     pub(super) fn sig_fail(&mut self, id: u64, message: String) -> Step {
         self.reply(&Msg::SigFail { id, message })
     }
@@ -160,6 +187,7 @@ impl<W: Write> Agent<W> {
                 hasher: delta::Hasher::new(),
                 basis,
                 retry: false,
+                kicked: 0,
             },
         );
         match err {
@@ -196,6 +224,7 @@ impl<W: Write> Agent<W> {
 
     /// Data at `offset`: the gap before it is a hole, hashed in O(1).
     pub(super) fn file_data(&mut self, id: u64, offset: u64, data: &[u8]) -> Step {
+        let early = self.early_writeback();
         let f = self.incoming(id)?;
         if f.basis.is_some() || offset < f.pos || offset.saturating_add(data.len() as u64) > f.size
         {
@@ -210,10 +239,14 @@ impl<W: Write> Agent<W> {
         };
         f.hasher.data(offset, data);
         let r = fsutil::write_sparse(file.fd.as_fd(), offset, data);
+        if r.is_ok() && early {
+            kick(file.fd.as_fd(), &mut f.kicked, f.pos, false);
+        }
         self.check_write(id, r)
     }
 
     pub(super) fn file_delta(&mut self, id: u64, len: usize, delta: &[u8]) -> Step {
+        let early = self.early_writeback();
         let f = self.incoming(id)?;
         if len > delta::MAX_WINDOW || f.pos.saturating_add(len as u64) > f.size {
             return Err(fatal(format!(
@@ -250,6 +283,9 @@ impl<W: Write> Agent<W> {
         };
         f.hasher.update(&out);
         let r = fsutil::write_sparse(file.fd.as_fd(), pos, &out);
+        if r.is_ok() && early {
+            kick(file.fd.as_fd(), &mut f.kicked, f.pos, false);
+        }
         self.check_write(id, r)
     }
 
@@ -303,6 +339,9 @@ impl<W: Write> Agent<W> {
                 return self.reply(&Msg::Verified { id, ok: false });
             }
             return Err(op_err(&f.path, "content check failed (changed in transit)"));
+        }
+        if self.early_writeback() {
+            kick(file.fd.as_fd(), &mut f.kicked, f.pos, true);
         }
         let name = final_name(&f.path);
         let victim = self.victim(f.dir.as_fd(), name);
