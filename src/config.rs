@@ -108,7 +108,7 @@ mod d {
         10_000
     }
     pub fn batch_delay_ms() -> u64 {
-        100
+        20
     }
     pub fn batch_quiet_ms() -> u64 {
         10
@@ -407,7 +407,7 @@ mod tests {
     #[test]
     fn config_set_get_reset_and_validation() {
         let mut c = SessionConfig::new("/src".into(), "/dst".into());
-        assert_eq!(c.batch_delay_ms, 100);
+        assert_eq!(c.batch_delay_ms, 20);
         c.set("batch_delay_ms", "250").unwrap();
         assert_eq!(c.get("batch_delay_ms").as_deref(), Some("250"));
         c.set("exclude", r#"["*.tmp", "build/"]"#).unwrap();
@@ -415,7 +415,7 @@ mod tests {
         c.set("user", "backup").unwrap();
         assert_eq!(c.user.as_deref(), Some("backup"));
         c.reset("batch_delay_ms").unwrap();
-        assert_eq!(c.batch_delay_ms, 100);
+        assert_eq!(c.batch_delay_ms, 20);
         assert!(c.set("nope", "1").is_err());
         assert!(c.set("jobs", "many").is_err());
         assert!(c.set("fsync", "sometimes").is_err());
