@@ -282,6 +282,7 @@ impl SessionConfig {
         if self.max_delete_percent > 100 {
             return Err(Error::Usage("max_delete_percent is at most 100".into()));
         }
+        let whole_file = target.is_local();
         Ok(Options {
             source: self.source.clone(),
             target,
@@ -292,7 +293,7 @@ impl SessionConfig {
                 override_once: false,
             },
             checksum: false,
-            whole_file: false,
+            whole_file,
             dry_run: false,
             jobs: self.jobs as usize,
             fsync: self.fsync,

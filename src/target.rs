@@ -24,6 +24,11 @@ pub enum Place {
 }
 
 impl Target {
+    /// A directory on this machine.
+    pub fn is_local(&self) -> bool {
+        matches!(self, Target::Local(_))
+    }
+
     /// Parses a TARGET argument. Local paths win over the `host:path` form
     /// when they contain a slash before the colon (as rsync does).
     pub fn parse(s: &str) -> Result<Target, String> {

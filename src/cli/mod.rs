@@ -202,9 +202,13 @@ pub struct SyncArgs {
     /// Delete nothing if the run would delete more than N entries (exit 25).
     #[arg(long, value_name = "N")]
     pub max_delete: Option<u64>,
-    /// Send changed files whole instead of as deltas.
+    /// Send changed files whole instead of as deltas (the default for a
+    /// local target, as in rsync).
     #[arg(short = 'W', long)]
     pub whole_file: bool,
+    /// Send changed files as deltas even to a local target.
+    #[arg(long, conflicts_with = "whole_file")]
+    pub no_whole_file: bool,
     /// Do not replicate extended attributes (ACLs included).
     #[arg(long)]
     pub no_xattrs: bool,

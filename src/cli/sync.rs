@@ -24,6 +24,7 @@ impl SyncArgs {
             Some(f) => Some(read_list(f, self.from0)?),
             None => None,
         };
+        let whole_file = self.whole_file || (!self.no_whole_file && target.is_local());
         Ok(Options {
             source: self.source,
             target,
@@ -35,7 +36,7 @@ impl SyncArgs {
                 ..DeleteLimits::none()
             },
             checksum: self.checksum,
-            whole_file: self.whole_file,
+            whole_file,
             dry_run: self.dry_run,
             jobs: self.jobs as usize,
             fsync: self.fsync,

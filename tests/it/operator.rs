@@ -311,14 +311,14 @@ georep_test!(operator_dry_run_counts_deltas_as_deltas, |t: TestDir| {
     write_at(&t.src.join("big"), SIZE / 2, b"a small change");
     set_mtime_ns(&t.src.join("big"), 1_700_000_000, 5);
     write_file(&t.src.join("new"), &[9u8; 1000]);
-    let dry = t.sync_ok(&["-n"]);
+    let dry = t.sync_ok(&["-n", "--no-whole-file"]);
     assert_eq!(
         dry.bytes_literal, 1000,
         "only the new file is literal: {}",
         dry.json
     );
     assert_eq!(dry.json["bytes_delta_basis"], SIZE, "{}", dry.json);
-    let real = t.sync_ok(&[]);
+    let real = t.sync_ok(&["--no-whole-file"]);
     assert!(
         real.bytes_literal < SIZE / 8,
         "the real run sent a delta: {}",

@@ -353,7 +353,7 @@ fn big_file_with_changed_blocks(t: &TestDir) {
 
 georep_test!(delta_sends_only_changed_blocks, |t: TestDir| {
     big_file_with_changed_blocks(&t);
-    let stats = t.sync_ok(&[]);
+    let stats = t.sync_ok(&["--no-whole-file"]);
     assert_converged(&t);
     assert!(stats.bytes_literal < MIB, "{}", stats.json);
     assert!(stats.bytes_matched >= BIG - 4 * MIB, "{}", stats.json);
@@ -366,6 +366,20 @@ georep_test!(whole_file_sends_everything, |t: TestDir| {
     assert_converged(&t);
     assert_eq!(stats.bytes_matched, 0, "{}", stats.json);
     assert!(stats.bytes_literal >= BIG, "{}", stats.json);
+});
+
+georep_test!(a_local_target_gets_whole_files_as_in_rsync, |t: TestDir| {
+    big_file_with_changed_blocks(&t);
+    let stats = t.sync_ok(&[]);
+    assert_converged(&t);
+    assert_eq!(stats.bytes_matched, 0, "{}", stats.json);
+    assert!(stats.bytes_literal >= BIG, "{}", stats.json);
+    let out = output(&mut t.sync_command(&["-W", "--no-whole-file"], &t.src, &t.dst));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "-W and --no-whole-file conflict"
+    );
 });
 
 // ---- Errors and exit codes
