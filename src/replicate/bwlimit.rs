@@ -195,6 +195,9 @@ impl<W: Write> Write for Throttled<W> {
     }
 }
 
+/// Paced like any other write: the default copies through [`Write`].
+impl<W: crate::transport::Sink> crate::transport::Sink for Throttled<W> {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,7 +20,7 @@ use crate::proto::frame as wire;
 use crate::proto::{Msg, Side};
 use crate::replicate::bwlimit::Throttled;
 use crate::replicate::observe::Reporter;
-use crate::transport::{Ending, Link};
+use crate::transport::{Ending, Link, Sink};
 
 /// Reply route for messages without an id (Hello, Finished).
 pub const CONTROL: u64 = 0;
@@ -56,7 +56,7 @@ impl Conn {
         let shared = Arc::new(Shared::default());
         let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(32);
         let s = shared.clone();
-        let writer: Box<dyn Write + Send> = match bwlimit {
+        let writer: Box<dyn Sink> = match bwlimit {
             Some(rate) => Box::new(Throttled::new(link.writer, rate)),
             None => link.writer,
         };
@@ -161,7 +161,7 @@ impl Drop for Conn {
 const DIRECT_FRAME: usize = 64 << 10;
 
 /// The one place frames are written to the link.
-fn send_loop(writer: Box<dyn Write + Send>, rx: Receiver<Vec<u8>>, s: &Shared) {
+fn send_loop(writer: Box<dyn Sink>, rx: Receiver<Vec<u8>>, s: &Shared) {
     let mut w = BufWriter::with_capacity(1 << 20, writer);
     // On a write error the loop just stops: the receiver learns why (the
     // slave's Fatal frame, or its exit) and ends the routes with that reason.
@@ -172,7 +172,7 @@ fn send_loop(writer: Box<dyn Write + Send>, rx: Receiver<Vec<u8>>, s: &Shared) {
             let written = if body.len() >= DIRECT_FRAME {
                 wire::write_header(&mut w, &body)
                     .and_then(|_| w.flush())
-                    .and_then(|_| w.get_mut().write_all(&body))
+                    .and_then(|_| w.get_mut().write_vec(body))
             } else {
                 wire::write_frame(&mut w, &body)
             };

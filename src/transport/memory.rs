@@ -7,7 +7,7 @@ use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
-use super::{Link, Transport};
+use super::{Link, Sink, Transport};
 use crate::error::{Error, Exit, Result};
 
 pub struct InProcess {
@@ -27,6 +27,8 @@ impl Write for Half {
     }
 }
 
+impl Sink for Half {}
+
 impl Drop for Half {
     fn drop(&mut self) {
         let _ = self.0.shutdown(Shutdown::Write);
@@ -44,7 +46,7 @@ impl Transport for InProcess {
             .spawn(move || crate::agent::serve(&root, None, slave_in, slave_out))
             .map_err(|e| Error::io("starting the in-process slave", e))?;
         let reader: Box<dyn Read + Send> = Box::new(master.try_clone().map_err(io)?);
-        let writer: Box<dyn Write + Send> = Box::new(Half(master));
+        let writer: Box<dyn Sink> = Box::new(Half(master));
         let ending = Box::new(move || match handle.join() {
             Ok(Exit::Ok) => Ok(()),
             Ok(code) => Err(Error::Disconnected(format!(

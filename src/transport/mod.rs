@@ -31,8 +31,25 @@ pub type Ending = Box<dyn FnOnce() -> Result<()> + Send>;
 /// A duplex byte stream to a slave, plus a way to learn how it ended.
 pub struct Link {
     pub reader: Box<dyn Read + Send>,
-    pub writer: Box<dyn Write + Send>,
+    pub writer: Box<dyn Sink>,
     pub ending: Ending,
+}
+
+/// The writing half of a link.
+pub trait Sink: Write + Send {
+    /// Writes `buf` whole. A sink that queues buffers (the SSH channel)
+    /// takes it as it is instead of copying it.
+    fn write_vec(&mut self, buf: Vec<u8>) -> std::io::Result<()> {
+        self.write_all(&buf)
+    }
+}
+
+impl Sink for std::process::ChildStdin {}
+
+impl Sink for Box<dyn Sink> {
+    fn write_vec(&mut self, buf: Vec<u8>) -> std::io::Result<()> {
+        (**self).write_vec(buf)
+    }
 }
 
 pub trait Transport {

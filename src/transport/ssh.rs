@@ -463,3 +463,11 @@ impl Write for ChannelWriter {
         Ok(())
     }
 }
+
+impl super::Sink for ChannelWriter {
+    fn write_vec(&mut self, buf: Vec<u8>) -> io::Result<()> {
+        let tx = self.tx.as_ref().expect("open until dropped");
+        tx.blocking_send(buf)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "SSH channel closed"))
+    }
+}
