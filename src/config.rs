@@ -282,7 +282,7 @@ impl SessionConfig {
         if self.max_delete_percent > 100 {
             return Err(Error::Usage("max_delete_percent is at most 100".into()));
         }
-        let whole_file = target.is_local();
+        let whole_file = target.whole_files_by_default();
         Ok(Options {
             source: self.source.clone(),
             target,

@@ -367,7 +367,8 @@ fn collect_xattrs(
 /// listxattrat and getxattrat (Linux 6.13) reach a name in a directory
 /// without following it and without the walk through /proc/self/fd, which
 /// costs a no-op sync about as much as the lstat itself. On an older kernel
-/// (ENOSYS, remembered) the caller falls back to /proc.
+/// (ENOSYS, or EPERM from a seccomp filter; remembered) the caller falls
+/// back to /proc.
 mod xattrat {
     use std::ffi::CString;
     use std::io;
@@ -424,11 +425,14 @@ mod xattrat {
             })
         };
         match list(&mut []) {
-            Err(Errno::NOSYS) => {
+            // EPERM too: a seccomp filter that does not know the call may
+            // answer so, and taking it for "no xattrs" would drop them
+            // silently. /proc answers for real.
+            Err(Errno::NOSYS | Errno::PERM) => {
                 MISSING.store(true, Relaxed);
                 return None;
             }
-            Err(e) if super::is_unsupported(&e) => return Some(Ok(Vec::new())),
+            Err(Errno::NOTSUP) => return Some(Ok(Vec::new())),
             Err(e) => return Some(Err(e.into())),
             Ok(0) => return Some(Ok(Vec::new())),
             Ok(_) => {}

@@ -24,8 +24,10 @@ pub enum Place {
 }
 
 impl Target {
-    /// A directory on this machine.
-    pub fn is_local(&self) -> bool {
+    /// Whether changed files travel whole rather than as deltas, unless
+    /// asked otherwise: to a local target, as in rsync, since a delta there
+    /// reads the old copy twice to save a copy the slave makes anyway.
+    pub fn whole_files_by_default(&self) -> bool {
         matches!(self, Target::Local(_))
     }
 

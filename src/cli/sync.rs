@@ -24,7 +24,8 @@ impl SyncArgs {
             Some(f) => Some(read_list(f, self.from0)?),
             None => None,
         };
-        let whole_file = self.whole_file || (!self.no_whole_file && target.is_local());
+        let whole_file =
+            self.whole_file || (!self.no_whole_file && target.whole_files_by_default());
         Ok(Options {
             source: self.source,
             target,

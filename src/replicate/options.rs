@@ -18,9 +18,8 @@ pub struct Options {
     /// How much one round may delete (see [`DeleteLimits`]).
     pub limits: DeleteLimits,
     pub checksum: bool,
-    /// Changed files travel whole, never as deltas: the default for a local
-    /// target (as in rsync), where reading the old copy to save the copying
-    /// costs more than the copying (docs/BENCHMARKS.md, issue 14).
+    /// Changed files travel whole, never as deltas (the default is
+    /// [`crate::target::Target::whole_files_by_default`]).
     pub whole_file: bool,
     pub dry_run: bool,
     pub jobs: usize,
