@@ -456,6 +456,13 @@ fn interrupted_sync(t: &TestDir, dst: &Path, delay: Duration) {
     let status = child.wait_with_output().expect("wait").status;
     eprintln!("{}: killed after {delay:?}: {status}", show(dst));
     if dst.exists() {
+        // The killed slave holds the target's lock until a syscall it was in
+        // (a write, the final sync) returns: the next run would be refused
+        // with "in use" (exit 4). Wait for the lock itself, not a while.
+        let root = std::fs::File::open(dst).expect("open target");
+        rustix::fs::flock(&root, rustix::fs::FlockOperation::LockExclusive).expect("flock");
+    }
+    if dst.exists() {
         for (rel, hash) in content_hashes(dst) {
             assert!(
                 old.get(&rel) == Some(&hash) || new.get(&rel) == Some(&hash),
