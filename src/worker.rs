@@ -322,6 +322,11 @@ impl Worker {
                 // reads converged while the crawl is owed.
                 self.owe_crawl();
             }
+            // The counters are published before the ack empties the
+            // backlog: status never reads converged with the round's files
+            // uncounted.
+            self.shipped += batch.len() as u64;
+            self.synced(rep, r);
             self.journal.ack(ack)?;
             self.in_flight = None;
             debug!(
@@ -331,9 +336,7 @@ impl Worker {
                 upto = ack.seq,
                 "batch shipped"
             );
-            self.shipped += batch.len() as u64;
             self.trim(true);
-            self.synced(rep, r);
         }
     }
 
@@ -470,6 +473,9 @@ impl Worker {
             started.elapsed().as_secs_f64(),
             rep.counters.files_transferred.load(Relaxed)
         );
+        // Counted before the ack empties the backlog, as for live rounds.
+        self.count(rep, r);
+        self.publish();
         self.journal.ack(Marker {
             seq: upto,
             time_ns: journal::now_ns(),
@@ -617,10 +623,16 @@ impl Worker {
             CrawlStatus::Changelog
         });
         st.last_error = None;
+        self.count(rep, r);
+        self.board.status.rate = self.rate.observe(Instant::now(), self.shipped);
+        self.publish();
+    }
+
+    /// Brings the status's counters up to the connection's.
+    fn count(&mut self, rep: &Reporter, r: &Replicator) {
+        let st = &mut self.board.status;
         st.files_synced = self.files_before + rep.counters.files_transferred.load(Relaxed);
         st.bytes_sent = self.bytes_before + r.traffic().0;
-        st.rate = self.rate.observe(Instant::now(), self.shipped);
-        self.publish();
     }
 
     /// Completes the checkpoint once every change recorded before it is
