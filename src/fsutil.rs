@@ -3,6 +3,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Mutex, OnceLock};
 
 use rustix::fs::{AtFlags, Mode, OFlags, CWD};
@@ -124,8 +125,17 @@ pub fn create_temp(dir: BorrowedFd) -> io::Result<NewFile> {
 }
 
 impl NewFile {
-    /// Moves the file over `name` in `dir` atomically.
-    pub fn install(&self, dir: BorrowedFd, name: &[u8]) -> io::Result<()> {
+    /// Moves the file over `name` in `dir` atomically. When `name` was seen
+    /// absent, an unnamed file is linked straight to it (one directory
+    /// operation instead of a link and a rename); a name that appeared
+    /// meanwhile makes that link fail (EEXIST) and the rename replaces it.
+    pub fn install(&self, dir: BorrowedFd, name: &[u8], absent: bool) -> io::Result<()> {
+        if absent && self.temp.is_none() {
+            match link_fd(self.fd.as_fd(), dir, name) {
+                Err(e) if e.raw_os_error() == Some(Errno::EXIST.raw_os_error()) => {}
+                done => return done,
+            }
+        }
         let temp = match &self.temp {
             Some(t) => t.clone(),
             None => {
@@ -155,13 +165,22 @@ impl NewFile {
 }
 
 /// Gives the inode held by `fd` a new name: the inode itself, not whatever a
-/// name points to by now. Through /proc (no privilege needed), else
-/// AT_EMPTY_PATH (needs CAP_DAC_READ_SEARCH).
+/// name points to by now. AT_EMPTY_PATH where the kernel allows it (it
+/// needs CAP_DAC_READ_SEARCH; it saves a path walk through /proc), else
+/// through /proc (no privilege needed).
 pub fn link_fd(fd: BorrowedFd, dir: BorrowedFd, name: &[u8]) -> io::Result<()> {
+    // Unknown until the first link; remembered once it failed where /proc did not.
+    static EMPTY_PATH_REFUSED: AtomicBool = AtomicBool::new(false);
+    if !EMPTY_PATH_REFUSED.load(Relaxed) {
+        match rustix::fs::linkat(fd, c"", dir, name, AtFlags::EMPTY_PATH) {
+            Err(Errno::NOENT) => {}
+            r => return Ok(r?),
+        }
+    }
     match rustix::fs::linkat(CWD, proc_fd_path(fd), dir, name, AtFlags::SYMLINK_FOLLOW) {
-        Ok(()) => Ok(()),
-        Err(Errno::NOENT) if !std::path::Path::new("/proc/self/fd").exists() => {
-            Ok(rustix::fs::linkat(fd, c"", dir, name, AtFlags::EMPTY_PATH)?)
+        Ok(()) => {
+            EMPTY_PATH_REFUSED.store(true, Relaxed);
+            Ok(())
         }
         Err(e) => Err(e.into()),
     }

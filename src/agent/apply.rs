@@ -57,7 +57,7 @@ impl<W: Write> Agent<W> {
         let (dir, name) = self.root()?.parent(path)?;
         let tmp = temp_name();
         create(dir.as_fd(), &tmp).at(path)?;
-        let victim = self.victim(dir.as_fd(), name);
+        let (victim, _) = self.victim(dir.as_fd(), name);
         let done = (|| -> io::Result<()> {
             let (pin, st) = meta::pin(dir.as_fd(), &tmp)?;
             if Kind::from_stat(&st) != kind || st.st_nlink != 1 {
@@ -112,7 +112,7 @@ impl<W: Write> Agent<W> {
             Err(e) => return Err(e.into()),
         };
         root.invalidate();
-        let victim = self.victim(tdir.as_fd(), tname);
+        let (victim, _) = self.victim(tdir.as_fd(), tname);
         let r = rustix::fs::renameat(&fdir, fname, &tdir, tname);
         if let Some(v) = victim {
             self.remember(v.as_fd());
@@ -156,6 +156,7 @@ impl<W: Write> Agent<W> {
         fsutil::link_fd(pin.as_fd(), dir.as_fd(), &tmp).at(path)?;
         let victim = self
             .victim(dir.as_fd(), name)
+            .0
             .filter(|v| rustix::fs::fstat(v).is_ok_and(|v| v.st_ino != st.st_ino));
         let r = rustix::fs::renameat(&dir, tmp.as_slice(), &dir, name);
         if let Some(v) = victim {

@@ -19,6 +19,7 @@
 
 mod apply;
 pub mod fence;
+mod flush;
 mod list;
 mod receive;
 pub mod volumes;
@@ -125,6 +126,9 @@ pub struct Agent<W: Write> {
     state_dir: Option<PathBuf>,
     /// A fenced session's record, once its hello was accepted.
     fencing: Option<fence::Fencing>,
+    /// Syncs in the background as small files accumulate (started with the
+    /// first one, when the master asked for durability).
+    flusher: Option<flush::Flusher>,
 }
 
 /// Runs the agent on a byte stream until Finish, EOF or a fatal error;
@@ -148,6 +152,7 @@ pub fn serve(root: &Path, state_dir: Option<&Path>, input: impl Read, output: im
         finished: false,
         state_dir: state_dir.map(Path::to_path_buf),
         fencing: None,
+        flusher: None,
     };
     let code = agent.run(BufReader::with_capacity(1 << 20, input));
     agent.cleanup();
@@ -362,13 +367,22 @@ impl<W: Write> Agent<W> {
 
     /// Before a name is replaced by a rename over it: a pin on the inode it
     /// names if that is one of georep's multi-link inodes, whose record must
-    /// follow the link it loses (`remember` it afterwards).
-    fn victim(&mut self, dir: BorrowedFd, name: &[u8]) -> Option<OwnedFd> {
-        let (pin, st) = meta::pin(dir, name).ok()?;
+    /// follow the link it loses (`remember` it afterwards); and whether the
+    /// name was absent (nothing to replace).
+    fn victim(&mut self, dir: BorrowedFd, name: &[u8]) -> (Option<OwnedFd>, bool) {
+        let (pin, st) = match meta::pin(dir, name) {
+            Ok(p) => p,
+            Err(e) => {
+                return (
+                    None,
+                    e.raw_os_error() == Some(rustix::io::Errno::NOENT.raw_os_error()),
+                )
+            }
+        };
         let ours = Kind::from_stat(&st) != Kind::Dir
             && st.st_nlink > 1
             && self.own_inode(pin.as_fd(), &st);
-        ours.then_some(pin)
+        (ours.then_some(pin), false)
     }
 
     fn reply(&mut self, m: &Msg) -> Step {

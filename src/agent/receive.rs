@@ -129,6 +129,19 @@ impl<W: Write> Agent<W> {
 
     /// Whether written data is worth sending to the disk early: only when
     /// the round ends with a sync that would otherwise write it all.
+    /// Small files' bytes, left to the background flusher.
+    fn flush_later(&mut self, bytes: u64) {
+        if self.flusher.is_none() {
+            let Ok(root) = self.root().map(|r| r.fd().try_clone_to_owned()) else {
+                return;
+            };
+            self.flusher = root.ok().map(super::flush::Flusher::new);
+        }
+        if let Some(f) = &self.flusher {
+            f.note(bytes);
+        }
+    }
+
     fn early_writeback(&self) -> bool {
         self.master
             .as_ref()
@@ -342,15 +355,18 @@ impl<W: Write> Agent<W> {
         }
         if self.early_writeback() {
             kick(file.fd.as_fd(), &mut f.kicked, f.pos, true);
+            if f.kicked < f.pos {
+                self.flush_later(f.pos - f.kicked);
+            }
         }
         let name = final_name(&f.path);
-        let victim = self.victim(f.dir.as_fd(), name);
+        let (victim, absent) = self.victim(f.dir.as_fd(), name);
         let done = (|| -> io::Result<()> {
             meta::apply_fd(file.fd.as_fd(), meta, opts)?;
             if fsync == Some(FsyncPolicy::File) {
                 rustix::fs::fsync(&file.fd)?;
             }
-            file.install(f.dir.as_fd(), name)
+            file.install(f.dir.as_fd(), name, absent)
         })();
         if let Some(v) = victim {
             self.remember(v.as_fd());
