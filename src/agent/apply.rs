@@ -25,7 +25,7 @@ fn dir_meta_cost(path: &[u8], meta: &Meta) -> usize {
             .sum::<usize>()
 }
 
-impl<W: Write> Agent<W> {
+impl<W: Write + Send + 'static> Agent<W> {
     pub(super) fn mkdir(&mut self, path: &[u8]) -> Step {
         let (dir, name) = self.root()?.parent(path)?;
         match rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o700)) {

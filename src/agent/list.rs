@@ -10,7 +10,7 @@ use crate::confine::{self, show_brief as show, PathError};
 use crate::meta::{self, Entry, Kind, ScanOpts};
 use crate::proto::{self, Msg};
 
-impl<W: Write> Agent<W> {
+impl<W: Write + Send + 'static> Agent<W> {
     /// Lists a directory: all of it, or only `names` (those that exist).
     pub(super) fn list_dir(
         &mut self,

@@ -22,12 +22,14 @@ pub mod fence;
 mod flush;
 mod list;
 mod receive;
+mod sign;
 pub mod volumes;
 
 use std::collections::HashMap;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use rustix::fs::{FlockOperation, Mode, OFlags, Stat};
 
@@ -38,7 +40,7 @@ use crate::meta::{self, ApplyOpts, Kind, Meta};
 use crate::proto::frame::{self as wire, WireError, MAX_FRAME};
 use crate::proto::{self, FsyncPolicy, Hello, Msg, Side};
 
-use receive::{Basis, Incoming};
+use receive::Incoming;
 
 /// Files being received at once; a master keeps far fewer in flight.
 const MAX_OPEN_FILES: usize = 256;
@@ -98,14 +100,15 @@ impl<T, E: std::fmt::Display> OpContext<T> for Result<T, E> {
 type DirName = (Vec<u8>, Vec<u8>);
 
 /// The slave's state for one connection (one or more rounds).
-pub struct Agent<W: Write> {
+pub struct Agent<W: Write + Send + 'static> {
     root_path: PathBuf,
     root: Option<Root>,
-    out: BufWriter<W>,
+    /// Shared with the signer (frames are written whole under its lock).
+    out: sign::Out<W>,
     privileged: bool,
     master: Option<Hello>,
     incoming: HashMap<u64, Incoming>,
-    bases: HashMap<u64, Basis>,
+    signer: sign::Signer,
     dir_metas: Vec<(Vec<u8>, Meta)>,
     /// What `dir_metas` holds, counted as in [`MAX_DIR_META_BYTES`].
     dir_meta_bytes: usize,
@@ -133,16 +136,21 @@ pub struct Agent<W: Write> {
 
 /// Runs the agent on a byte stream until Finish, EOF or a fatal error;
 /// returns the process exit code.
-pub fn serve(root: &Path, state_dir: Option<&Path>, input: impl Read, output: impl Write) -> Exit {
+pub fn serve(
+    root: &Path,
+    state_dir: Option<&Path>,
+    input: impl Read,
+    output: impl Write + Send + 'static,
+) -> Exit {
     let privileged = rustix::process::geteuid().is_root();
     let mut agent = Agent {
         root_path: root.to_path_buf(),
         root: None,
-        out: BufWriter::with_capacity(256 << 10, output),
+        out: Arc::new(Mutex::new(BufWriter::with_capacity(256 << 10, output))),
         privileged,
         master: None,
         incoming: HashMap::new(),
-        bases: HashMap::new(),
+        signer: sign::Signer::new(),
         dir_metas: Vec::new(),
         dir_meta_bytes: 0,
         root_dev: 0,
@@ -187,7 +195,7 @@ fn target_wide(message: &str) -> Option<&'static str> {
     .map(|(_, what)| what)
 }
 
-impl<W: Write> Agent<W> {
+impl<W: Write + Send + 'static> Agent<W> {
     fn run(&mut self, mut input: impl Read) -> Exit {
         let mut buf = Vec::new();
         loop {
@@ -237,11 +245,17 @@ impl<W: Write> Agent<W> {
 
     /// Reports a fatal error in a Fatal frame; stderr only if the frame cannot go out.
     fn fail(&mut self, code: Exit, message: String) -> Exit {
+        // The Fatal is the last frame: the signer writes nothing after it.
+        self.signer.stop();
         let fatal = Msg::Fatal {
             code: code as u8,
             message: message.clone(),
         };
-        if self.send(&fatal).and_then(|_| self.out.flush()).is_err() {
+        if self
+            .send(&fatal)
+            .and_then(|_| sign::lock(&self.out).flush())
+            .is_err()
+        {
             eprintln!("georep slave: {message}");
         }
         code
@@ -275,7 +289,7 @@ impl<W: Write> Agent<W> {
             }
             m => m,
         };
-        wire::write_frame(&mut self.out, &m.encode())
+        wire::write_frame(&mut *sign::lock(&self.out), &m.encode())
     }
 
     /// Whether georep may change, read or link the inode pinned by `pin`
@@ -387,7 +401,7 @@ impl<W: Write> Agent<W> {
 
     fn reply(&mut self, m: &Msg) -> Step {
         self.send(m)
-            .and_then(|_| self.out.flush())
+            .and_then(|_| sign::lock(&self.out).flush())
             .map_err(|e| Failure::Fatal(Exit::Protocol, format!("writing to master: {e}")))
     }
 
@@ -498,7 +512,12 @@ impl<W: Write> Agent<W> {
                 }
                 Ok(())
             }
-            Msg::Barrier { id } => self.reply(&Msg::BarrierAck { id }),
+            Msg::Barrier { id } => {
+                self.signer
+                    .drain()
+                    .map_err(|e| Failure::Fatal(Exit::Protocol, e))?;
+                self.reply(&Msg::BarrierAck { id })
+            }
             Msg::Finish { marker_ns } => self.finish(marker_ns),
             Msg::Fatal { message, .. } => {
                 eprintln!("georep slave: master stopped: {message}");
@@ -590,7 +609,11 @@ impl<W: Write> Agent<W> {
         if !self.incoming.is_empty() {
             return Err(fatal("finish with files still open"));
         }
-        self.bases.clear();
+        // Every signature answered before the round ends; the bases no
+        // delta took are dropped.
+        self.signer
+            .finish()
+            .map_err(|e| Failure::Fatal(Exit::Protocol, e))?;
         // The next round lists afresh.
         self.seen = HashMap::new();
         self.seen_bytes = 0;
@@ -621,7 +644,9 @@ impl<W: Write> Agent<W> {
         for (_, f) in self.incoming.drain() {
             f.discard();
         }
-        let _ = self.out.flush();
+        // Stopped first: nothing of it is written after the last flush.
+        self.signer.stop();
+        let _ = sign::lock(&self.out).flush();
     }
 }
 

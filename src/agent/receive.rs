@@ -12,12 +12,13 @@ use std::sync::Arc;
 
 use rustix::io::Errno;
 
+use super::sign;
 use super::{fatal, op_err, Agent, Failure, Step, MAX_OPEN_FILES};
 use crate::confine::show_brief as show;
 use crate::delta::{self, ApplyError};
 use crate::fsutil::{self, NewFile};
 use crate::meta::{self, Kind, Meta};
-use crate::proto::frame as wire;
+
 use crate::proto::{self, FsyncPolicy, Msg};
 
 /// A file being received into a new inode.
@@ -72,8 +73,8 @@ const KICK_TAIL: u64 = 256 << 10;
 
 /// A signed basis, open for reading, and the length that was signed.
 pub(super) struct Basis {
-    fd: OwnedFd,
-    len: u64,
+    pub(super) fd: OwnedFd,
+    pub(super) len: u64,
 }
 
 /// The last component of a valid path.
@@ -81,14 +82,14 @@ fn final_name(path: &[u8]) -> &[u8] {
     path.rsplit(|&b| b == b'/').next().unwrap_or(path)
 }
 
-impl<W: Write> Agent<W> {
+impl<W: Write + Send + 'static> Agent<W> {
     pub(super) fn signature(&mut self, id: u64, path: &[u8], block: u32, hash_len: u32) -> Step {
         if !delta::valid_params(block, hash_len) {
             return Err(fatal(format!(
                 "signature request with block size {block}, hash length {hash_len}"
             )));
         }
-        if self.bases.len() >= MAX_OPEN_FILES || self.bases.contains_key(&id) {
+        if self.signer.outstanding() >= MAX_OPEN_FILES || self.signer.holds(id) {
             return Err(fatal("too many signature requests in flight"));
         }
         let (dir, name) = self.root()?.parent(path)?;
@@ -112,19 +113,15 @@ impl<W: Write> Agent<W> {
             Ok(x) => x,
             Err(e) => return self.sig_fail(id, e.to_string()),
         };
-        let len = st.st_size as u64;
-        let out = &mut self.out;
-        let r = delta::sign_file(fd.as_fd(), len, block, hash_len, |chunk| {
-            let data = chunk.to_vec();
-            wire::write_frame(out, &Msg::SigChunk { id, data }.encode())
-        });
-        match r {
-            Ok(()) => {
-                self.bases.insert(id, Basis { fd, len });
-                self.reply(&Msg::SigEnd { id, size: len })
-            }
-            Err(e) => self.sig_fail(id, e.to_string()),
-        }
+        let job = sign::Job {
+            id,
+            fd,
+            len: st.st_size as u64,
+            block,
+            hash_len,
+        };
+        self.signer.submit(&self.out, job);
+        Ok(())
     }
 
     /// Whether written data is worth sending to the disk early: only when
@@ -161,8 +158,8 @@ impl<W: Write> Agent<W> {
         }
         let basis = if delta {
             Some(
-                self.bases
-                    .remove(&id)
+                self.signer
+                    .take(id)
                     .ok_or_else(|| fatal("delta without a signature"))?,
             )
         } else {

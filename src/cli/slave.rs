@@ -1,5 +1,7 @@
 //! `georep slave`: resolve the root, honour a forced command, serve stdio.
 
+use std::os::fd::AsFd;
+
 use super::SlaveArgs;
 use crate::agent::volumes::{self, Request};
 use crate::error::Exit;
@@ -22,11 +24,20 @@ pub fn run(a: &SlaveArgs) -> Exit {
         }
     };
     remove_temporaries_on_signals();
+    // Its own descriptor: the agent's signing thread writes to it too, and
+    // Stdout's line buffering would only copy frames once more.
+    let output = match std::io::stdout().as_fd().try_clone_to_owned() {
+        Ok(fd) => std::fs::File::from(fd),
+        Err(e) => {
+            eprintln!("georep slave: standard output: {e}");
+            return Exit::Protocol;
+        }
+    };
     crate::agent::serve(
         &root,
         a.state_dir.as_deref(),
         std::io::stdin().lock(),
-        std::io::stdout().lock(),
+        output,
     )
 }
 
