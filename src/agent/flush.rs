@@ -5,6 +5,12 @@
 //! submissions on the receiving thread); a thread of its own that syncs the
 //! filesystem every [`STEP`] bytes keeps the disk busy while files are still
 //! arriving, and the round's final sync waits only for the tail.
+//!
+//! A sync writes every writer's dirty data on that filesystem, not only
+//! ours: when the machine holds far more dirty data than we wrote since the
+//! last sync, another process is writing, and syncing now would only make us
+//! wait for it (and stall our own creates behind its journal commits), so
+//! the sync is left to the round's end.
 
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Condvar, Mutex};
@@ -61,6 +67,8 @@ impl Drop for Flusher {
 
 fn run(root: &OwnedFd, shared: &(Mutex<Shared>, Condvar)) {
     let (lock, cv) = shared;
+    // Ours, written since the last sync that completed.
+    let mut unsynced = 0u64;
     let mut s = lock.lock().unwrap_or_else(|e| e.into_inner());
     loop {
         s = cv
@@ -69,10 +77,31 @@ fn run(root: &OwnedFd, shared: &(Mutex<Shared>, Condvar)) {
         if s.stop {
             return;
         }
-        s.owed = 0;
+        unsynced += std::mem::take(&mut s.owed);
         drop(s);
         // A hint only: durability comes from the round's own sync.
-        let _ = rustix::fs::syncfs(root);
+        if !others_writing(unsynced) && rustix::fs::syncfs(root).is_ok() {
+            unsynced = 0;
+        }
         s = lock.lock().unwrap_or_else(|e| e.into_inner());
     }
 }
+
+/// Whether the machine's dirty and writeback pages are well over the `ours`
+/// bytes we left unsynced (unknown counts as no).
+fn others_writing(ours: u64) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/meminfo") else {
+        return false;
+    };
+    let kib = |key: &str| -> u64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let dirty = (kib("Dirty:") + kib("Writeback:")) << 10;
+    dirty > 2 * ours + OTHERS_SLACK
+}
+
+/// Dirty data beyond twice ours that still counts as nobody else writing.
+const OTHERS_SLACK: u64 = 256 << 20;

@@ -12,13 +12,11 @@ use std::sync::Arc;
 
 use rustix::io::Errno;
 
-use super::sign;
-use super::{fatal, op_err, Agent, Failure, Step, MAX_OPEN_FILES};
+use super::{fatal, op_err, sign, Agent, Failure, Step, MAX_OPEN_FILES};
 use crate::confine::show_brief as show;
 use crate::delta::{self, ApplyError};
 use crate::fsutil::{self, NewFile};
 use crate::meta::{self, Kind, Meta};
-
 use crate::proto::{self, FsyncPolicy, Msg};
 
 /// A file being received into a new inode.
@@ -124,8 +122,6 @@ impl<W: Write + Send + 'static> Agent<W> {
         Ok(())
     }
 
-    /// Whether written data is worth sending to the disk early: only when
-    /// the round ends with a sync that would otherwise write it all.
     /// Small files' bytes, left to the background flusher.
     fn flush_later(&mut self, bytes: u64) {
         if self.flusher.is_none() {
@@ -139,6 +135,8 @@ impl<W: Write + Send + 'static> Agent<W> {
         }
     }
 
+    /// Whether written data is worth sending to the disk early: only when
+    /// the round ends with a sync that would otherwise write it all.
     fn early_writeback(&self) -> bool {
         self.master
             .as_ref()
