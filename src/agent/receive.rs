@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use rustix::io::Errno;
 
-use super::{fatal, op_err, sign, Agent, Failure, Step, MAX_OPEN_FILES};
+use super::sign::{self, Basis};
+use super::{fatal, op_err, Agent, Failure, Step, MAX_OPEN_FILES};
 use crate::confine::show_brief as show;
 use crate::delta::{self, ApplyError};
 use crate::fsutil::{self, NewFile};
@@ -68,12 +69,6 @@ const KICK: u64 = 8 << 20;
 /// A file at least this large has its tail's writeback started at its end;
 /// smaller files are left to the round's sync, which writes them in bulk.
 const KICK_TAIL: u64 = 256 << 10;
-
-/// A signed basis, open for reading, and the length that was signed.
-pub(super) struct Basis {
-    pub(super) fd: OwnedFd,
-    pub(super) len: u64,
-}
 
 /// The last component of a valid path.
 fn final_name(path: &[u8]) -> &[u8] {

@@ -18,7 +18,6 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::clip;
-use super::receive::Basis;
 use crate::delta;
 use crate::proto::frame as wire;
 use crate::proto::Msg;
@@ -29,6 +28,12 @@ pub(super) type Out<W> = Arc<Mutex<BufWriter<W>>>;
 
 pub(super) fn lock<W: Write>(out: &Mutex<BufWriter<W>>) -> MutexGuard<'_, BufWriter<W>> {
     out.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A signed basis, open for reading, and the length that was signed.
+pub(super) struct Basis {
+    pub(super) fd: OwnedFd,
+    pub(super) len: u64,
 }
 
 /// One basis to sign: opened and checked by the agent.
