@@ -324,10 +324,11 @@ impl Worker {
             }
             // The counters are published before the ack empties the
             // backlog: status never reads converged with the round's files
-            // uncounted.
+            // uncounted. The round counts as gone through only once acked.
             self.shipped += batch.len() as u64;
-            self.synced(rep, r);
+            self.report(rep, r);
             self.journal.ack(ack)?;
+            self.rounds_ok += 1;
             self.in_flight = None;
             debug!(
                 changes = batch.len(),

@@ -393,13 +393,14 @@ impl Journal {
         Ok((entry, data, meta))
     }
 
-    /// Time of the oldest unacked change, if any.
+    /// Time of the oldest unacked change, if any. Checkpoint barriers are
+    /// not changes: one left unacked after its checkpoint completed is no lag.
     pub fn oldest_pending_ns(&self) -> Result<Option<i64>> {
         let m = self.marker()?;
         self.conn
             .query_row(
-                "SELECT time_ns FROM changes WHERE seq > ?1 ORDER BY seq LIMIT 1",
-                params![m.seq as i64],
+                "SELECT time_ns FROM changes WHERE seq > ?1 AND op != ?2 ORDER BY seq LIMIT 1",
+                params![m.seq as i64, Op::Barrier as i64],
                 |r| r.get(0),
             )
             .optional()
@@ -483,5 +484,19 @@ mod tests {
         // Passive trimming forgets old changes though unacked.
         assert_eq!(j.trim_unacked(Duration::ZERO).unwrap(), 5);
         assert_eq!(j.pending().unwrap(), 0);
+    }
+
+    #[test]
+    fn a_pending_barrier_is_no_lag() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(&dir.path().join("j.db")).unwrap();
+        j.append(&[NewChange::now(Op::Barrier, b"cp".to_vec(), None)])
+            .unwrap();
+        assert_eq!(j.oldest_pending_ns().unwrap(), None);
+        assert_eq!(j.pending_by_kind().unwrap(), (0, 0, 0));
+        j.append(&[NewChange::now(Op::Data, b"f".to_vec(), None)])
+            .unwrap();
+        let data_time = j.read_after(1, 1).unwrap()[0].time_ns;
+        assert_eq!(j.oldest_pending_ns().unwrap(), Some(data_time));
     }
 }

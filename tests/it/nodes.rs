@@ -22,7 +22,7 @@ use serde_json::Value;
 
 use crate::support::etcd::Etcd;
 use crate::support::fs::*;
-use crate::support::process::{descendants, georep, signal};
+use crate::support::process::{descendants, freeze, georep, signal};
 use crate::support::session::*;
 use crate::support::{georep_test, TestDir};
 
@@ -439,7 +439,7 @@ fn sigstop_fencing(t: TestDir, lease: &str) {
     let pid = c.nodes[a].daemon_pid().expect("the active daemon");
     // Frozen first: a stopped daemon cannot answer status.
     sampler.freeze(a, true);
-    signal(pid, Signal::STOP);
+    freeze(pid);
     write_file(
         &t.src.join("while-stopped/x"),
         b"written while the active node is stopped",

@@ -29,7 +29,7 @@ use crate::support::fixture::*;
 use crate::support::fs::*;
 use crate::support::harness::assert_absent;
 use crate::support::mutations::*;
-use crate::support::process::{descendants, georep, is_alive, kill_tree, signal};
+use crate::support::process::{descendants, freeze, georep, is_alive, kill_tree, signal};
 use crate::support::session::*;
 use crate::support::sshd::{KeyKind, Sshd};
 use crate::support::tree::*;
@@ -807,7 +807,7 @@ georep_test!(session_inotify_queue_overflow_converges, |t: TestDir| {
     }
     // Frozen, the daemon reads no events: more than the kernel queue holds
     // overflow it. Alternating names keep the kernel from merging them.
-    signal(pid, Signal::STOP);
+    freeze(pid);
     let (a, b) = (t.src.join("files/one"), t.src.join("files/empty"));
     for i in 0..queue + 1_000 {
         chmod(

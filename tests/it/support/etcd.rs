@@ -93,7 +93,7 @@ impl Etcd {
 
     /// Freezes etcd (as a hung or partitioned cluster looks to a client).
     pub fn freeze(&self) {
-        signal(self.pid(), Signal::STOP);
+        super::process::freeze(self.pid());
     }
 
     pub fn thaw(&self) {

@@ -148,15 +148,39 @@ pub fn signal_group(pgid: u32, sig: Signal) {
     }
 }
 
-/// Waits (bounded) until `pid` is stopped or gone: SIGSTOP is asynchronous.
+/// SIGSTOPs `pid` and returns once every one of its threads is stopped: a
+/// test that relies on the process doing nothing must not race the signal.
+pub fn freeze(pid: u32) {
+    signal(pid, Signal::STOP);
+    wait_stopped(pid);
+}
+
+/// Waits (bounded) until every thread of `pid` is stopped or gone: SIGSTOP
+/// is asynchronous, and each thread stops on its own next trip to the kernel.
 fn wait_stopped(pid: u32) {
     let deadline = Instant::now() + Duration::from_secs(10);
+    let stopped = |state: char| matches!(state, 'T' | 't' | 'Z' | 'X' | 'x');
     while let Some(st) = proc_stat(pid) {
-        if matches!(st.state, 'T' | 't' | 'Z' | 'X' | 'x') || Instant::now() > deadline {
+        let threads_stopped = fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|tasks| {
+                tasks.flatten().all(|t| {
+                    let tid = t.file_name().to_string_lossy().parse().unwrap_or(0);
+                    task_state(pid, tid).is_none_or(stopped)
+                })
+            })
+            .unwrap_or(true);
+        if (stopped(st.state) && threads_stopped) || Instant::now() > deadline {
             return;
         }
         thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// The state letter of one thread, None when it is gone.
+fn task_state(pid: u32, tid: u32) -> Option<char> {
+    let text = fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+    let (_, rest) = text.rsplit_once(')')?;
+    rest.split_whitespace().next()?.chars().next()
 }
 
 /// SIGKILLs `pid` and every process below it, and its whole process group when it
@@ -166,8 +190,7 @@ fn wait_stopped(pid: u32) {
 pub fn kill_tree(pid: u32) -> Result<BTreeSet<u32>, String> {
     let leads_group = proc_stat(pid).is_some_and(|st| st.pgrp == pid);
     let mut frozen = BTreeSet::from([pid]);
-    signal(pid, Signal::STOP);
-    wait_stopped(pid);
+    freeze(pid);
     loop {
         let found: Vec<u32> = descendants(pid)
             .into_iter()
