@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod notify;
 pub mod plan;
+pub mod prefetch;
 pub mod proto;
 pub mod replicate;
 pub mod select;

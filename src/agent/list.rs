@@ -8,6 +8,7 @@ use rustix::fs::AtFlags;
 use super::{fatal, Agent, OpContext, Step, LIST_CHUNK};
 use crate::confine::{self, show_brief as show, PathError};
 use crate::meta::{self, Entry, Kind, ScanOpts};
+use crate::prefetch;
 use crate::proto::{self, Msg};
 
 impl<W: Write + Send + 'static> Agent<W> {
@@ -82,6 +83,9 @@ impl<W: Write + Send + 'static> Agent<W> {
         let mut this = Some(this);
         let mut chunk = Vec::new();
         let mut bytes = 0;
+        // A whole listing's subdirectories are what the master (walking
+        // depth first) asks for next: the first ones are read meanwhile.
+        let mut subdirs = Vec::new();
         let n = listed.len();
         for i in 0..n {
             let entry_name = listed.get(i);
@@ -92,6 +96,9 @@ impl<W: Write + Send + 'static> Agent<W> {
             };
             if !checksum {
                 self.saw(path, &e);
+            }
+            if names.is_none() && e.kind == Kind::Dir && subdirs.len() < prefetch::MAX_HINTS {
+                subdirs.push(e.name.clone());
             }
             if checksum && e.kind == Kind::Regular {
                 e.hash = self
@@ -118,12 +125,15 @@ impl<W: Write + Send + 'static> Agent<W> {
                 bytes = 0;
             }
         }
-        self.reply(&Msg::DirEntries {
+        let reply = self.reply(&Msg::DirEntries {
             id,
             this: this.take(),
             entries: chunk,
             last: true,
-        })
+        });
+        self.prefetch
+            .subdirs(dir.as_fd(), subdirs.iter().map(Vec::as_slice));
+        reply
     }
 
     /// A checksum listing's digest, only of a regular file that is the

@@ -37,6 +37,7 @@ use crate::confine::{PathError, Root};
 use crate::delta;
 use crate::error::Exit;
 use crate::meta::{self, ApplyOpts, Kind, Meta};
+use crate::prefetch::Prefetcher;
 use crate::proto::frame::{self as wire, WireError, MAX_FRAME};
 use crate::proto::{self, FsyncPolicy, Hello, Msg, Side};
 
@@ -132,6 +133,8 @@ pub struct Agent<W: Write + Send + 'static> {
     /// Syncs in the background as small files accumulate (started with the
     /// first one, when the master asked for durability).
     flusher: Option<flush::Flusher>,
+    /// Reads the subdirectories of a listing ahead of their own listings.
+    prefetch: Prefetcher,
 }
 
 /// Runs the agent on a byte stream until Finish, EOF or a fatal error;
@@ -161,6 +164,7 @@ pub fn serve(
         state_dir: state_dir.map(Path::to_path_buf),
         fencing: None,
         flusher: None,
+        prefetch: Prefetcher::new(),
     };
     let code = agent.run(BufReader::with_capacity(1 << 20, input));
     agent.cleanup();

@@ -39,6 +39,7 @@ use rustix::fs::{Mode, OFlags};
 
 use crate::confine::Root;
 use crate::error::{Error, Result};
+use crate::prefetch::Prefetcher;
 use crate::proto::{self, Hello, Msg};
 use crate::transport::{self, Transport};
 use conn::{Conn, CONTROL};
@@ -98,6 +99,7 @@ pub struct Replicator {
     marker_ns: i64,
     /// Where the slave holds inodes of the source (a session's journal).
     hints: Option<Box<dyn InodeHints>>,
+    prefetch: Prefetcher,
 }
 
 impl Replicator {
@@ -134,6 +136,7 @@ impl Replicator {
             removals: VecDeque::new(),
             marker_ns: 0,
             hints: None,
+            prefetch: Prefetcher::new(),
         })
     }
 
@@ -148,6 +151,7 @@ impl Replicator {
             &self.conn,
             &self.rep,
             &mut self.source,
+            &mut self.prefetch,
             &self.hello,
         );
         p.hints = hints;

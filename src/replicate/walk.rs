@@ -17,6 +17,7 @@ use super::ship::{self, DataJob, JobOpts, Verdicts};
 use crate::confine::{show, Root};
 use crate::error::{Error, Result};
 use crate::meta::{self, Entry, Kind, ScanOpts, XattrTarget};
+use crate::prefetch::Prefetcher;
 use crate::proto::{self, Hello, Msg};
 
 /// Directory listings requested ahead of the walk.
@@ -91,6 +92,8 @@ pub(super) struct Planner<'a> {
     pub(super) override_used: bool,
     /// Carried by this round's Finish (see `Replicator::set_marker`).
     pub(super) marker_ns: i64,
+    /// Lists the source's subdirectories ahead of the walk.
+    pub(super) prefetch: &'a mut Prefetcher,
 }
 
 impl<'a> Planner<'a> {
@@ -99,6 +102,7 @@ impl<'a> Planner<'a> {
         conn: &'a Conn,
         rep: &'a Arc<Reporter>,
         source: &'a mut Root,
+        prefetch: &'a mut Prefetcher,
         hello: &Hello,
     ) -> Self {
         let xattrs = opts.xattrs && hello.features & proto::feature::XATTRS != 0;
@@ -144,6 +148,7 @@ impl<'a> Planner<'a> {
             override_deletes: false,
             override_used: false,
             marker_ns: 0,
+            prefetch,
         }
     }
 
