@@ -22,7 +22,8 @@ use rustix::fs::{AtFlags, Mode, OFlags};
 
 /// Helper threads (the walk itself and the far side's own walk run too).
 const THREADS: usize = 2;
-/// Subdirectories hinted per listed directory, at most.
+/// Subdirectory names held at most, all listings together (those of one
+/// listing past this are never hinted).
 pub const MAX_HINTS: usize = 4096;
 /// Listed directories whose subdirectories are held, at most: each holds
 /// its directory open. The oldest (the furthest from the walk) go first.
@@ -39,6 +40,8 @@ struct Queue {
     /// Newest last: the walk is below the directory listed last, so that
     /// one's subdirectories come first.
     groups: VecDeque<Group>,
+    /// Names held in `groups`.
+    held: usize,
     stop: bool,
 }
 
@@ -47,7 +50,10 @@ impl Queue {
         loop {
             let g = self.groups.back_mut()?;
             match g.names.pop() {
-                Some(name) => return Some((g.parent.clone(), name)),
+                Some(name) => {
+                    self.held -= 1;
+                    return Some((g.parent.clone(), name));
+                }
                 None => {
                     self.groups.pop_back();
                 }
@@ -95,9 +101,13 @@ impl Prefetcher {
         names.reverse();
         self.start();
         let mut q = self.shared.lock();
-        if q.groups.len() == MAX_GROUPS {
-            q.groups.pop_front();
+        while q.groups.len() == MAX_GROUPS || q.held + names.len() > MAX_HINTS {
+            let Some(old) = q.groups.pop_front() else {
+                break;
+            };
+            q.held -= old.names.len();
         }
+        q.held += names.len();
         q.groups.push_back(Group {
             parent: Arc::new(parent),
             names,
@@ -196,12 +206,22 @@ mod tests {
         }
         p.subdirs(d.as_fd(), [&b"deeper"[..], b"next"].into_iter());
         let mut q = p.shared.lock();
-        assert_eq!(q.groups.len(), MAX_GROUPS);
-        assert!(q.groups.iter().all(|g| g.names.len() <= MAX_HINTS));
+        // Only the newest listings fit.
+        assert_eq!(q.groups.len(), 1);
+        assert_eq!(q.held, 2);
         assert_eq!(q.take().unwrap().1, b"deeper");
         assert_eq!(q.take().unwrap().1, b"next");
-        assert_eq!(q.take().unwrap().1, b"d00000");
-        assert_eq!(q.take().unwrap().1, b"d00001");
+        assert!(q.take().is_none());
+        assert_eq!(q.held, 0);
+        drop(q);
+        let few: Vec<Vec<u8>> = (0..10).map(|i| format!("s{i}").into_bytes()).collect();
+        for _ in 0..MAX_GROUPS + 5 {
+            p.subdirs(d.as_fd(), few.iter().map(|n| n.as_slice()));
+        }
+        let mut q = p.shared.lock();
+        assert_eq!(q.groups.len(), MAX_GROUPS);
+        assert_eq!(q.held, 10 * MAX_GROUPS);
+        assert_eq!(q.take().unwrap().1, b"s0");
     }
 
     #[test]
