@@ -3,11 +3,11 @@
 //! A walk lists a directory and stats every entry on one thread: on a cold
 //! cache each stat may wait for a read of the inode table, one at a time.
 //! When a directory has been listed, the walk will list its subdirectories
-//! next (depth first), so a few helper threads list and stat those ahead:
-//! their reads are in flight together, and the walk's own stats then find
-//! the dentries and inodes in memory. Measured on this project's bench tree
-//! (20,000 files in 200 directories, caches dropped), one thread walked it
-//! in 130 ms, four in 66 ms.
+//! next (depth first), so helper threads list those ahead and read their
+//! inode-table blocks: the reads are in flight together, and the walk's own
+//! stats then find what they need in memory. On this project's bench tree
+//! (20,000 files in 200 directories, caches dropped) a no-op sync took
+//! 0.19 s without them and 0.14 s with them.
 //!
 //! Hints only read, never follow a symlink and never open anything but a
 //! directory; what they find is thrown away, so a hint that goes wrong
@@ -159,7 +159,10 @@ fn work(shared: &Shared) {
     }
 }
 
-/// Lists one directory and stats its entries, stopping early when asked.
+/// Lists one directory and stats one entry per inode-table block, stopping
+/// early when asked. Reading one inode brings its block (and the kernel's
+/// inode readahead) into memory, so the walk's own stats of its neighbours
+/// wait for no disk; on a warm cache this costs a sixteenth of a full pass.
 fn warm(shared: &Shared, parent: &OwnedFd, name: &[u8]) {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let Ok(fd) = rustix::fs::openat(parent, name, flags, Mode::empty()) else {
@@ -171,20 +174,41 @@ fn warm(shared: &Shared, parent: &OwnedFd, name: &[u8]) {
     let Ok(mut entries) = rustix::fs::Dir::new(dir_fd) else {
         return;
     };
-    let mut seen = 0u32;
-    while let Some(Ok(ent)) = entries.read() {
-        let name = ent.file_name().to_bytes();
-        if name == b"." || name == b".." {
-            continue;
+    let mut batch: Vec<(u64, Vec<u8>)> = Vec::with_capacity(BATCH);
+    loop {
+        batch.clear();
+        let mut done = false;
+        while batch.len() < BATCH {
+            let Some(Ok(ent)) = entries.read() else {
+                done = true;
+                break;
+            };
+            let name = ent.file_name().to_bytes();
+            if name != b"." && name != b".." {
+                batch.push((ent.ino(), name.to_vec()));
+            }
         }
-        let _ = rustix::fs::statat(fd.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW);
-        seen += 1;
+        batch.sort_unstable_by_key(|&(ino, _)| ino);
+        let mut last = None;
+        for (ino, name) in &batch {
+            let block = ino / INODES_PER_BLOCK;
+            if last != Some(block) {
+                let _ = rustix::fs::statat(fd.as_fd(), name.as_slice(), AtFlags::SYMLINK_NOFOLLOW);
+                last = Some(block);
+            }
+        }
         // A huge directory is not worth finishing once the walk has ended.
-        if seen.is_multiple_of(1024) && shared.lock().stop {
+        if done || shared.lock().stop {
             return;
         }
     }
 }
+
+/// Names of one directory sorted by inode at a time.
+const BATCH: usize = 1024;
+/// Inodes per inode-table block: ext4's default, 256-byte inodes in 4 KiB
+/// blocks. On another layout the sample is only denser or sparser.
+const INODES_PER_BLOCK: u64 = 16;
 
 #[cfg(test)]
 mod tests {
