@@ -203,10 +203,12 @@ pub fn open_dir_at(dir: BorrowedFd, name: &[u8]) -> io::Result<OwnedFd> {
     )?)
 }
 
-/// Writes `data` at `off`, leaving all-zero 4 KiB blocks as holes.
-pub fn write_sparse(fd: BorrowedFd, off: u64, data: &[u8]) -> io::Result<()> {
+/// Writes `data` at `off`, leaving all-zero 4 KiB blocks as holes; returns
+/// where the last byte written ends (`off` if all of it was zeros).
+pub fn write_sparse(fd: BorrowedFd, off: u64, data: &[u8]) -> io::Result<u64> {
     const B: usize = 4096;
     let mut i = 0;
+    let mut written_end = off;
     while i < data.len() {
         let end = (i + B).min(data.len());
         if data[i..end].iter().all(|&b| b == 0) {
@@ -222,9 +224,10 @@ pub fn write_sparse(fd: BorrowedFd, off: u64, data: &[u8]) -> io::Result<()> {
             j = e;
         }
         write_all_at(fd, &data[i..j], off + i as u64)?;
+        written_end = off + j as u64;
         i = j;
     }
-    Ok(())
+    Ok(written_end)
 }
 
 /// Starts writeback of a written range without waiting for it, so that the

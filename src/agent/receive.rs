@@ -37,6 +37,9 @@ pub(super) struct Incoming {
     retry: bool,
     /// Where writeback was last started: see [`kick`].
     kicked: u64,
+    /// The new file's size is already `size` (sized at FileBegin, or data
+    /// written up to its end); otherwise it is set at FileEnd.
+    sized: bool,
 }
 
 impl Incoming {
@@ -69,6 +72,12 @@ const KICK: u64 = 8 << 20;
 /// A file at least this large has its tail's writeback started at its end;
 /// smaller files are left to the round's sync, which writes them in bulk.
 const KICK_TAIL: u64 = 256 << 10;
+
+/// A new file at least this large is sized at FileBegin, so that a size
+/// the filesystem cannot hold (EFBIG) is refused before its data is sent;
+/// smaller ones are sized by their data, or at FileEnd if it ends in zeros
+/// (one call less per small file).
+const SIZE_FIRST: u64 = 1 << 30;
 
 /// The last component of a valid path.
 fn final_name(path: &[u8]) -> &[u8] {
@@ -159,9 +168,13 @@ impl<W: Write + Send + 'static> Agent<W> {
             None
         };
         let (dir, _) = self.root()?.parent(&path)?;
-        // Sizing the new file up front refuses a size the filesystem cannot
-        // hold (EFBIG) before any work is done for it.
+        // A large file is sized up front, so that a size the filesystem
+        // cannot hold (EFBIG) is refused before any work is done for it.
+        let sized = size == 0 || size >= SIZE_FIRST;
         let created = fsutil::create_temp(dir.as_fd()).and_then(|f| {
+            if size < SIZE_FIRST {
+                return Ok(f);
+            }
             match rustix::fs::ftruncate(&f.fd, size) {
                 Ok(()) => Ok(f),
                 Err(e) => {
@@ -191,6 +204,7 @@ impl<W: Write + Send + 'static> Agent<W> {
                 basis,
                 retry: false,
                 kicked: 0,
+                sized,
             },
         );
         match err {
@@ -242,10 +256,13 @@ impl<W: Write + Send + 'static> Agent<W> {
         };
         f.hasher.data(offset, data);
         let r = fsutil::write_sparse(file.fd.as_fd(), offset, data);
-        if r.is_ok() && early {
-            kick(file.fd.as_fd(), &mut f.kicked, f.pos, false);
+        if let Ok(end) = r {
+            f.sized |= end == f.size;
+            if early {
+                kick(file.fd.as_fd(), &mut f.kicked, f.pos, false);
+            }
         }
-        self.check_write(id, r)
+        self.check_write(id, r.map(drop))
     }
 
     pub(super) fn file_delta(&mut self, id: u64, len: usize, delta: &[u8]) -> Step {
@@ -286,10 +303,13 @@ impl<W: Write + Send + 'static> Agent<W> {
         };
         f.hasher.update(&out);
         let r = fsutil::write_sparse(file.fd.as_fd(), pos, &out);
-        if r.is_ok() && early {
-            kick(file.fd.as_fd(), &mut f.kicked, f.pos, false);
+        if let Ok(end) = r {
+            f.sized |= end == f.size;
+            if early {
+                kick(file.fd.as_fd(), &mut f.kicked, f.pos, false);
+            }
         }
-        self.check_write(id, r)
+        self.check_write(id, r.map(drop))
     }
 
     /// Zeros the master found as a hole: the new file, sized at FileBegin,
@@ -352,6 +372,9 @@ impl<W: Write + Send + 'static> Agent<W> {
         let name = final_name(&f.path);
         let (victim, absent) = self.victim(f.dir.as_fd(), name);
         let done = (|| -> io::Result<()> {
+            if !f.sized {
+                rustix::fs::ftruncate(&file.fd, f.size)?;
+            }
             meta::apply_fd(file.fd.as_fd(), meta, opts)?;
             if fsync == Some(FsyncPolicy::File) {
                 rustix::fs::fsync(&file.fd)?;
