@@ -130,11 +130,8 @@ impl NewFile {
     /// operation instead of a link and a rename); a name that appeared
     /// meanwhile makes that link fail (EEXIST) and the rename replaces it.
     pub fn install(&self, dir: BorrowedFd, name: &[u8], absent: bool) -> io::Result<()> {
-        if absent && self.temp.is_none() {
-            match link_fd(self.fd.as_fd(), dir, name) {
-                Err(e) if e.raw_os_error() == Some(Errno::EXIST.raw_os_error()) => {}
-                done => return done,
-            }
+        if absent && self.link_new(dir, name)? {
+            return Ok(());
         }
         let temp = match &self.temp {
             Some(t) => t.clone(),
@@ -153,6 +150,20 @@ impl NewFile {
             unregister(&temp);
         }
         Ok(r?)
+    }
+
+    /// Links an unnamed file straight to `name` if nothing has that name:
+    /// false when something does (EEXIST) or the file has a temporary name,
+    /// and [`NewFile::install`] must replace it.
+    pub fn link_new(&self, dir: BorrowedFd, name: &[u8]) -> io::Result<bool> {
+        if self.temp.is_some() {
+            return Ok(false);
+        }
+        match link_fd(self.fd.as_fd(), dir, name) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(Errno::EXIST.raw_os_error()) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Drops the file: an unnamed one simply goes with its descriptor.

@@ -370,7 +370,7 @@ impl<W: Write + Send + 'static> Agent<W> {
             }
         }
         let name = final_name(&f.path);
-        let (victim, absent) = self.victim(f.dir.as_fd(), name);
+        let mut victim = None;
         let done = (|| -> io::Result<()> {
             if !f.sized {
                 rustix::fs::ftruncate(&file.fd, f.size)?;
@@ -379,8 +379,18 @@ impl<W: Write + Send + 'static> Agent<W> {
             if fsync == Some(FsyncPolicy::File) {
                 rustix::fs::fsync(&file.fd)?;
             }
+            Ok(())
+        })()
+        .and_then(|()| {
+            // A new name is linked at once; only a name in use needs its
+            // inode looked at before the rename replaces it.
+            if file.link_new(f.dir.as_fd(), name)? {
+                return Ok(());
+            }
+            let (v, absent) = self.victim(f.dir.as_fd(), name);
+            victim = v;
             file.install(f.dir.as_fd(), name, absent)
-        })();
+        });
         if let Some(v) = victim {
             self.remember(v.as_fd());
         }
