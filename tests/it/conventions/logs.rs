@@ -129,6 +129,9 @@ georep_test!(logs_rust_log_wins_over_log_level, |t: TestDir| {
     cmd.env("RUST_LOG", "georep=debug");
     let run = run_cmd(cmd, &s.scratch, CMD_TIMEOUT);
     run.assert_code(0);
+    // Written after the first crawl, so that a live round (not that crawl,
+    // had it come first) ships it and logs at debug level.
+    s.wait_converged("initial sync");
     write_file(&t.src.join("x"), b"x");
     s.wait_converged("with RUST_LOG");
     wait_line(&s.dir().join("daemon.log"), "batch shipped");
