@@ -312,9 +312,9 @@ impl<W: Write + Send + 'static> Agent<W> {
         self.check_write(id, r.map(drop))
     }
 
-    /// Zeros the master found as a hole: the new file, sized at FileBegin,
-    /// already reads as zeros there, so nothing is written and the digest
-    /// takes them in O(1).
+    /// Zeros the master found as a hole: the new file reads as zeros there
+    /// (sized at FileBegin, by later data or at FileEnd), so nothing is
+    /// written and the digest takes them in O(1).
     pub(super) fn file_hole(&mut self, id: u64, len: u64) -> Step {
         let f = self.incoming(id)?;
         if f.pos.saturating_add(len) > f.size {
