@@ -90,9 +90,8 @@ impl Planner<'_> {
         if names.is_none() {
             // The walk lists these next: have them read meanwhile.
             let subdirs = entries.iter().filter(|e| e.kind == Kind::Dir);
-            let dir_fd = dir.as_fd();
             self.prefetch
-                .subdirs(dir_fd, subdirs.map(|e| e.name.as_slice()));
+                .subdirs(dir.as_fd(), subdirs.map(|e| e.name.as_slice()));
         }
         let mut changed = false;
         let mut children = Vec::new();

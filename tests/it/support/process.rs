@@ -95,7 +95,12 @@ impl ProcStat {
 
 /// None when the process is gone.
 pub fn proc_stat(pid: u32) -> Option<ProcStat> {
-    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    read_stat(&format!("/proc/{pid}/stat"))
+}
+
+/// One `stat` file of /proc (a process's or a thread's); None when gone.
+fn read_stat(path: &str) -> Option<ProcStat> {
+    let text = fs::read_to_string(path).ok()?;
     // "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
     let (_, rest) = text.rsplit_once(')')?;
     let mut fields = rest.split_whitespace();
@@ -164,8 +169,9 @@ fn wait_stopped(pid: u32) {
         let threads_stopped = fs::read_dir(format!("/proc/{pid}/task"))
             .map(|tasks| {
                 tasks.flatten().all(|t| {
-                    let tid = t.file_name().to_string_lossy().parse().unwrap_or(0);
-                    task_state(pid, tid).is_none_or(stopped)
+                    let tid = t.file_name().to_string_lossy().into_owned();
+                    read_stat(&format!("/proc/{pid}/task/{tid}/stat"))
+                        .is_none_or(|st| stopped(st.state))
                 })
             })
             .unwrap_or(true);
@@ -174,13 +180,6 @@ fn wait_stopped(pid: u32) {
         }
         thread::sleep(Duration::from_millis(1));
     }
-}
-
-/// The state letter of one thread, None when it is gone.
-fn task_state(pid: u32, tid: u32) -> Option<char> {
-    let text = fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
-    let (_, rest) = text.rsplit_once(')')?;
-    rest.split_whitespace().next()?.chars().next()
 }
 
 /// SIGKILLs `pid` and every process below it, and its whole process group when it
