@@ -41,8 +41,12 @@ struct Routes {
     ended: Option<Error>,
 }
 
+/// Frame bodies that go out together, in order (mostly one; a small file's
+/// begin, data and end travel as one item, one handoff instead of three).
+pub type Frames = Vec<Vec<u8>>;
+
 pub struct Conn {
-    tx: Option<SyncSender<Vec<u8>>>,
+    tx: Option<SyncSender<Frames>>,
     pub shared: Arc<Shared>,
     next_id: AtomicU64,
     threads: Vec<JoinHandle<()>>,
@@ -54,7 +58,7 @@ impl Conn {
     /// what goes out (see [`super::bwlimit`]).
     pub fn start(link: Link, reporter: Arc<Reporter>, bwlimit: Option<u64>) -> Conn {
         let shared = Arc::new(Shared::default());
-        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(32);
+        let (tx, rx) = mpsc::sync_channel::<Frames>(32);
         let s = shared.clone();
         let writer: Box<dyn Sink> = match bwlimit {
             Some(rate) => Box::new(Throttled::new(link.writer, rate)),
@@ -83,7 +87,12 @@ impl Conn {
 
     /// Sends a frame body already encoded (see `Msg::file_data_frame`).
     pub fn send_frame(&self, body: Vec<u8>) -> Result<()> {
-        let ok = self.tx.as_ref().is_some_and(|tx| tx.send(body).is_ok());
+        self.send_frames(vec![body])
+    }
+
+    /// Sends frame bodies that go out back to back.
+    pub fn send_frames(&self, bodies: Frames) -> Result<()> {
+        let ok = self.tx.as_ref().is_some_and(|tx| tx.send(bodies).is_ok());
         if ok {
             Ok(())
         } else {
@@ -161,26 +170,28 @@ impl Drop for Conn {
 const DIRECT_FRAME: usize = 64 << 10;
 
 /// The one place frames are written to the link.
-fn send_loop(writer: Box<dyn Sink>, rx: Receiver<Vec<u8>>, s: &Shared) {
+fn send_loop(writer: Box<dyn Sink>, rx: Receiver<Frames>, s: &Shared) {
     let mut w = BufWriter::with_capacity(1 << 20, writer);
     // On a write error the loop just stops: the receiver learns why (the
     // slave's Fatal frame, or its exit) and ends the routes with that reason.
-    while let Ok(mut body) = rx.recv() {
+    while let Ok(mut bodies) = rx.recv() {
         loop {
-            s.bytes_sent
-                .fetch_add(body.len() as u64 + 4, Ordering::Relaxed);
-            let written = if body.len() >= DIRECT_FRAME {
-                wire::write_header(&mut w, &body)
-                    .and_then(|_| w.flush())
-                    .and_then(|_| w.get_mut().write_vec(body))
-            } else {
-                wire::write_frame(&mut w, &body)
-            };
-            if written.is_err() {
-                return;
+            for body in bodies {
+                s.bytes_sent
+                    .fetch_add(body.len() as u64 + 4, Ordering::Relaxed);
+                let written = if body.len() >= DIRECT_FRAME {
+                    wire::write_header(&mut w, &body)
+                        .and_then(|_| w.flush())
+                        .and_then(|_| w.get_mut().write_vec(body))
+                } else {
+                    wire::write_frame(&mut w, &body)
+                };
+                if written.is_err() {
+                    return;
+                }
             }
             match rx.try_recv() {
-                Ok(b) => body = b,
+                Ok(b) => bodies = b,
                 Err(_) => break,
             }
         }

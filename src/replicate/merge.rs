@@ -15,6 +15,9 @@ use crate::meta::{self, Entry, Kind, Meta, ScanOpts, Xattrs};
 use crate::proto::Msg;
 use crate::select::Selection;
 
+/// Small files' data jobs handed to the workers at once.
+const JOB_BATCH: usize = 16;
+
 /// Smaller files (old or new) travel whole: a signature's round trip costs
 /// more than the few KiB a delta could save.
 const DELTA_MIN: u64 = 16 << 10;
@@ -405,17 +408,24 @@ impl Planner<'_> {
             basis,
             diff,
         };
-        if self
-            .jobs
-            .as_ref()
-            .expect("workers running")
-            .send(job)
-            .is_err()
-        {
-            // Workers stop only when the connection failed.
-            return Err(self.conn.failure());
+        self.job_batch.push(job);
+        if m.size > ship::SMALL || self.job_batch.len() >= JOB_BATCH {
+            self.hand_out_jobs()?;
         }
         Ok(true)
+    }
+
+    /// Hands the batched data jobs to the workers.
+    pub(super) fn hand_out_jobs(&mut self) -> Result<()> {
+        if self.job_batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.job_batch);
+        match self.jobs.as_ref().expect("workers running").send(batch) {
+            Ok(()) => Ok(()),
+            // Workers stop only when the connection failed.
+            Err(_) => Err(self.conn.failure()),
+        }
     }
 
     pub(super) fn hash_source(&self, dir: &Arc<OwnedFd>, m: &Entry) -> Option<[u8; 32]> {

@@ -1,6 +1,7 @@
 //! Data jobs: read one file as it is now and ship it, whole or as a delta
 //! against the slave's version (DESIGN.md invariants 5 and 6).
 
+use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::Ordering::Relaxed;
@@ -15,11 +16,14 @@ use crate::delta::{self, hash_zeros, read_exact_at};
 use crate::error::{Error, Result};
 use crate::meta::{self, Kind, Meta, XattrTarget};
 use crate::proto::Msg;
-use crate::replicate::conn::Conn;
+use crate::replicate::conn::{Conn, Frames};
 use crate::replicate::observe::{Diff, Item, Reporter, What};
 
 /// Whole-file data goes in frames of this size.
 const CHUNK: usize = 256 << 10;
+/// A file this small goes out in one frame, its frames as one item, and
+/// its job in a batch with others (walk.rs).
+pub const SMALL: u64 = CHUNK as u64;
 /// A file that keeps changing while read is tried this many times.
 const ATTEMPTS: usize = 3;
 
@@ -214,13 +218,11 @@ fn attempt(
         None => None,
     };
     rep.planned(size);
-    conn.send(&Msg::FileBegin {
-        id,
-        path: job.rel.clone(),
-        size,
-        delta: signature.is_some(),
-    })?;
     let mut hasher = delta::Hasher::new();
+    // A file sent whole in one frame goes out as one item once read: one
+    // handoff to the sender thread instead of three, and nothing to abort
+    // if it changes while read.
+    let hold = signature.is_none() && size <= SMALL;
     let ship = Shipment {
         conn,
         id,
@@ -228,7 +230,17 @@ fn attempt(
         size,
         rep,
         compress: o.compress,
+        held: RefCell::new(hold.then(Vec::new)),
     };
+    ship.put(
+        Msg::FileBegin {
+            id,
+            path: job.rel.clone(),
+            size,
+            delta: signature.is_some(),
+        }
+        .encode(),
+    )?;
     let read = match &signature {
         Some((sig, basis_len)) => ship.delta(sig, *basis_len, &mut hasher),
         None => ship.whole(&mut hasher),
@@ -240,7 +252,9 @@ fn attempt(
         _ => true,
     };
     if torn || read.is_err() {
-        conn.send(&Msg::FileAbort { id })?;
+        if !hold {
+            conn.send(&Msg::FileAbort { id })?;
+        }
         return match read {
             Err(e) if !torn => Err(e),
             _ => Ok(Outcome::Torn),
@@ -257,11 +271,17 @@ fn attempt(
         let rx = conn.route(id)?;
         verdicts.0.lock().unwrap().push((job.clone(), rx));
     }
-    conn.send(&Msg::FileEnd {
-        id,
-        hash: *hasher.finalize().as_bytes(),
-        meta: Meta::from_stat(&after, xattrs),
-    })?;
+    ship.put(
+        Msg::FileEnd {
+            id,
+            hash: *hasher.finalize().as_bytes(),
+            meta: Meta::from_stat(&after, xattrs),
+        }
+        .encode(),
+    )?;
+    if let Some(frames) = ship.held.take() {
+        conn.send_frames(frames)?;
+    }
     Ok(Outcome::Sent(size))
 }
 
@@ -321,9 +341,20 @@ struct Shipment<'a> {
     size: u64,
     rep: &'a Reporter,
     compress: bool,
+    /// The frames of a file sent as one item, until its end.
+    held: RefCell<Option<Frames>>,
 }
 
 impl Shipment<'_> {
+    /// Sends a frame, or holds it for the file's end.
+    fn put(&self, body: Vec<u8>) -> Result<(), JobError> {
+        match &mut *self.held.borrow_mut() {
+            Some(held) => held.push(body),
+            None => self.conn.send_frame(body)?,
+        }
+        Ok(())
+    }
+
     /// Sends the file as deltas against the slave's version, window by window.
     fn delta(
         &self,
@@ -371,7 +402,7 @@ impl Shipment<'_> {
 
     /// Sends the file whole, reading only its data extents.
     fn whole(&self, hasher: &mut delta::Hasher) -> Result<(), JobError> {
-        let (conn, id, fd, size, rep) = (self.conn, self.id, self.fd, self.size, self.rep);
+        let (id, fd, size, rep) = (self.id, self.fd, self.size, self.rep);
         let mut off = 0u64;
         // Only compression reads into a buffer of its own.
         let mut buf = match self.compress {
@@ -390,18 +421,21 @@ impl Shipment<'_> {
                     read_exact_at(fd, &mut buf[..n], p)?;
                     hasher.update(&buf[..n]);
                     let (data, zstd) = pack(buf[..n].to_vec(), true);
-                    conn.send(&Msg::FileData {
-                        id,
-                        offset: p,
-                        data,
-                        zstd,
-                    })?;
+                    self.put(
+                        Msg::FileData {
+                            id,
+                            offset: p,
+                            data,
+                            zstd,
+                        }
+                        .encode(),
+                    )?;
                 } else {
                     // Read straight into the frame.
                     let (mut frame, at) = Msg::file_data_frame(id, p, n);
                     read_exact_at(fd, &mut frame[at..], p)?;
                     hasher.update(&frame[at..]);
-                    conn.send_frame(frame)?;
+                    self.put(frame)?;
                 }
                 rep.progressed(n as u64);
                 p += n as u64;

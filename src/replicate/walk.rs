@@ -60,7 +60,11 @@ pub(super) struct Planner<'a> {
     pub(super) hint_update: HintUpdate,
     /// The source root's filesystem (for `-x`).
     pub(super) root_dev: Option<u64>,
-    pub(super) jobs: Option<mpsc::SyncSender<DataJob>>,
+    /// Data jobs for the workers, handed out in batches (one wakeup of a
+    /// worker per batch, not per small file).
+    pub(super) jobs: Option<mpsc::SyncSender<Vec<DataJob>>>,
+    /// Jobs not yet handed out: small files of the directory being merged.
+    pub(super) job_batch: Vec<DataJob>,
     pub(super) job_opts: JobOpts,
     pub(super) in_flight: usize,
     pub(super) verdicts: Arc<Verdicts>,
@@ -124,6 +128,7 @@ impl<'a> Planner<'a> {
             hint_update: HintUpdate::default(),
             root_dev,
             jobs: None,
+            job_batch: Vec::new(),
             job_opts: JobOpts {
                 xattrs,
                 privileged_xattrs: hello.privileged,
@@ -161,7 +166,7 @@ impl<'a> Planner<'a> {
     ) -> Result<Vec<DirTask>> {
         // Claims are a round's own (links.rs).
         self.rep.release_claims();
-        let (tx, rx) = mpsc::sync_channel::<DataJob>(self.opts.jobs * 4);
+        let (tx, rx) = mpsc::sync_channel::<Vec<DataJob>>(self.opts.jobs * 4);
         let rx = Arc::new(Mutex::new(rx));
         self.jobs = Some(tx);
         let (conn, rep, o) = (self.conn, self.rep, self.job_opts);
@@ -172,9 +177,13 @@ impl<'a> Planner<'a> {
                 .map(|_| {
                     let rx = rx.clone();
                     scope.spawn(move || loop {
-                        let job = rx.lock().unwrap().recv();
-                        match job {
-                            Ok(job) => ship::run(conn, job, o, rep, verdicts)?,
+                        let batch = rx.lock().unwrap().recv();
+                        match batch {
+                            Ok(batch) => {
+                                for job in batch {
+                                    ship::run(conn, job, o, rep, verdicts)?;
+                                }
+                            }
                             Err(_) => return Ok(()),
                         }
                     })
@@ -184,7 +193,9 @@ impl<'a> Planner<'a> {
             // stop (connection lost), the planner's next send fails instead of
             // blocking forever.
             drop(rx);
-            let walked = self.walk(stack, yield_now);
+            let walked = self
+                .walk(stack, yield_now)
+                .and_then(|left| self.hand_out_jobs().map(|()| left));
             // Closing the queue lets the workers finish what is queued and stop.
             self.jobs = None;
             let (left, mut first_err) = match walked {
@@ -324,6 +335,7 @@ impl<'a> Planner<'a> {
                 continue;
             }
             let children = self.merge_dir(&task.rel, &task.master, slave, task.names.as_deref())?;
+            self.hand_out_jobs()?;
             // A targeted merge descends only into what it created.
             let children = children
                 .into_iter()
