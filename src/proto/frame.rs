@@ -46,14 +46,19 @@ pub fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>) -> Result<Option<u8>, Wi
     if len > MAX_FRAME {
         return Err(WireError::Oversized(len));
     }
-    buf.clear();
-    buf.resize(len, 0);
-    if read_full(r, buf)? != len {
+    let mut kind = [0u8; 1];
+    if read_full(r, &mut kind)? != 1 {
         return Err(WireError::Truncated);
     }
-    let kind = buf[0];
-    buf.drain(..1);
-    Ok(Some(kind))
+    // Read straight into the payload's place: no zeroing first, no shift
+    // of the kind byte out of it afterwards.
+    let rest = len - 1;
+    buf.clear();
+    buf.reserve(rest);
+    if r.take(rest as u64).read_to_end(buf)? != rest {
+        return Err(WireError::Truncated);
+    }
+    Ok(Some(kind[0]))
 }
 
 /// Reads until `buf` is full or EOF; returns how many bytes were read.
