@@ -33,6 +33,8 @@ pub fn run(a: &SlaveArgs) -> Exit {
             return Exit::Protocol;
         }
     };
+    // The master's data arrives here: under sshd or a local master, a pipe.
+    crate::transport::widen_pipe(std::io::stdin());
     crate::agent::serve(
         &root,
         a.state_dir.as_deref(),

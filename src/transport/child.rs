@@ -60,8 +60,10 @@ impl Transport for ChildProcess {
             .map_err(|e| self.spawn_error(e))?;
         let pid = child.id();
         CHILDREN.lock().unwrap().push(pid);
-        let reader = Box::new(child.stdout.take().expect("piped"));
-        let writer = Box::new(child.stdin.take().expect("piped"));
+        let reader = child.stdout.take().expect("piped");
+        let writer = child.stdin.take().expect("piped");
+        super::widen_pipe(&writer);
+        let (reader, writer) = (Box::new(reader), Box::new(writer));
         let name = self.program.display().to_string();
         let is_ssh = self.is_ssh;
         let ending = Box::new(move || {

@@ -25,6 +25,18 @@ pub fn abandon() {
     crate::fsutil::remove_live_temporaries();
 }
 
+/// Bytes a pipe between master and slave holds (the most an unprivileged
+/// process may ask for by default).
+const PIPE_SIZE: usize = 1 << 20;
+
+/// Widens a pipe from the kernel's 64 KiB: a 256 KiB data frame then
+/// crosses in one write and one read instead of four of each, every one
+/// waking the other side. Not a pipe (a socket under sshd), or refused: as
+/// it was.
+pub fn widen_pipe(fd: impl std::os::fd::AsFd) {
+    let _ = rustix::pipe::fcntl_setpipe_size(fd, PIPE_SIZE);
+}
+
 /// Waits for the slave to exit; an error carries its exit status.
 pub type Ending = Box<dyn FnOnce() -> Result<()> + Send>;
 
