@@ -203,8 +203,8 @@ impl<W: Write + Send + 'static> Agent<W> {
     fn run(&mut self, mut input: impl Read) -> Exit {
         let mut buf = Vec::new();
         loop {
-            let msg = match wire::read_frame(&mut input, &mut buf) {
-                Ok(Some(kind)) => Msg::decode_from(Side::Master, kind, &buf),
+            let msg = match Msg::read(&mut input, Side::Master, &mut buf) {
+                Ok(Some(m)) => Ok(m),
                 Ok(None) if self.finished => return Exit::Ok,
                 Ok(None) => {
                     eprintln!("georep slave: master closed the stream before finishing");

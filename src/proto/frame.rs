@@ -33,6 +33,17 @@ pub enum WireError {
 
 /// Reads one frame; `Ok(None)` on a clean end of stream between frames.
 pub fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>) -> Result<Option<u8>, WireError> {
+    let Some((kind, len)) = read_head(r)? else {
+        return Ok(None);
+    };
+    buf.clear();
+    read_payload(r, len, buf)?;
+    Ok(Some(kind))
+}
+
+/// Reads a frame's length and kind: the kind and the payload's length,
+/// checked against [`MAX_FRAME`]; `Ok(None)` on a clean end of stream.
+pub fn read_head(r: &mut impl Read) -> Result<Option<(u8, usize)>, WireError> {
     let mut len = [0u8; 4];
     match read_full(r, &mut len)? {
         0 => return Ok(None),
@@ -50,15 +61,17 @@ pub fn read_frame(r: &mut impl Read, buf: &mut Vec<u8>) -> Result<Option<u8>, Wi
     if read_full(r, &mut kind)? != 1 {
         return Err(WireError::Truncated);
     }
-    // Read straight into the payload's place: no zeroing first, no shift
-    // of the kind byte out of it afterwards.
-    let rest = len - 1;
-    buf.clear();
-    buf.reserve(rest);
-    if r.take(rest as u64).read_to_end(buf)? != rest {
+    Ok(Some((kind[0], len - 1)))
+}
+
+/// Appends the next `n` bytes of a frame to `buf`, read in place (no
+/// zeroing first); `n` comes from [`read_head`], so it is bounded.
+pub fn read_payload(r: &mut impl Read, n: usize, buf: &mut Vec<u8>) -> Result<(), WireError> {
+    buf.reserve(n);
+    if r.take(n as u64).read_to_end(buf)? != n {
         return Err(WireError::Truncated);
     }
-    Ok(Some(kind[0]))
+    Ok(())
 }
 
 /// Reads until `buf` is full or EOF; returns how many bytes were read.

@@ -7,7 +7,9 @@
 //! values are errors.
 
 use super::codec;
-use super::frame::{Dec, Enc, WireError};
+use std::io::Read;
+
+use super::frame::{self, Dec, Enc, WireError};
 use super::kinds::{k, name_of, sender_of, Side};
 use super::{Fence, FsyncPolicy, Hello, MAGIC, MAX_LIST_NAMES};
 use crate::meta::{Entry, Kind, Meta};
@@ -396,6 +398,40 @@ impl Msg {
 
     /// Decodes one frame's payload from `peer`, refusing a kind that only
     /// the other side may send.
+    /// Reads and decodes the next message `peer` sent (`Ok(None)` at a
+    /// clean end of stream). A FileData's bytes are read straight into
+    /// their own buffer: the bulk of a transfer is copied once, not twice.
+    pub fn read(
+        r: &mut impl Read,
+        peer: Side,
+        buf: &mut Vec<u8>,
+    ) -> Result<Option<Msg>, WireError> {
+        /// FileData's fields before its bytes: id, offset, zstd, length.
+        const DATA_HEAD: usize = 8 + 8 + 1 + 4;
+        let Some((kind, len)) = frame::read_head(r)? else {
+            return Ok(None);
+        };
+        buf.clear();
+        if kind == k::FILE_DATA && sender_of(kind) == Some(peer) && len >= DATA_HEAD {
+            frame::read_payload(r, DATA_HEAD, buf)?;
+            let mut d = Dec::new(buf, name_of(kind));
+            let (id, offset, zstd) = (d.u64()?, d.u64()?, d.bool()?);
+            if d.u32()? as usize != len - DATA_HEAD {
+                return Err(WireError::Malformed(name_of(kind)));
+            }
+            let mut data = Vec::new();
+            frame::read_payload(r, len - DATA_HEAD, &mut data)?;
+            return Ok(Some(Msg::FileData {
+                id,
+                offset,
+                data,
+                zstd,
+            }));
+        }
+        frame::read_payload(r, len, buf)?;
+        Msg::decode_from(peer, kind, buf).map(Some)
+    }
+
     pub fn decode_from(peer: Side, kind_byte: u8, p: &[u8]) -> Result<Msg, WireError> {
         match sender_of(kind_byte) {
             Some(s) if s != peer && s != Side::Either => {
@@ -598,6 +634,77 @@ impl Msg {
 mod tests {
     use super::*;
     use crate::proto::{FEATURES, VERSION};
+
+    /// Frames as they go on the wire, one after another.
+    fn wire(msgs: &[Msg]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for m in msgs {
+            crate::proto::frame::write_frame(&mut out, &m.encode()).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn read_takes_file_data_and_the_rest_off_the_wire() {
+        let msgs = [
+            Msg::FileData {
+                id: 3,
+                offset: 8192,
+                data: vec![7u8; 100_000],
+                zstd: false,
+            },
+            Msg::FileHole { id: 3, len: 4096 },
+            Msg::FileData {
+                id: 3,
+                offset: 0,
+                data: Vec::new(),
+                zstd: true,
+            },
+        ];
+        let bytes = wire(&msgs);
+        let (mut r, mut buf) = (&bytes[..], Vec::new());
+        for m in &msgs {
+            let got = Msg::read(&mut r, Side::Master, &mut buf).unwrap().unwrap();
+            assert_eq!(format!("{got:?}"), format!("{m:?}"));
+        }
+        assert!(Msg::read(&mut r, Side::Master, &mut buf).unwrap().is_none());
+        // The slave may not send data; the same frame from it is refused.
+        let mut r = &bytes[..];
+        assert!(matches!(
+            Msg::read(&mut r, Side::Slave, &mut buf),
+            Err(WireError::WrongDirection(_))
+        ));
+    }
+
+    #[test]
+    fn read_refuses_file_data_whose_length_disagrees_with_its_frame() {
+        let mut body = Msg::FileData {
+            id: 1,
+            offset: 0,
+            data: vec![1, 2, 3, 4],
+            zstd: false,
+        }
+        .encode();
+        // The length field says 3, the frame carries 4 bytes.
+        let at = body.len() - 4 - 4;
+        body[at..at + 4].copy_from_slice(&3u32.to_le_bytes());
+        let mut bytes = Vec::new();
+        crate::proto::frame::write_frame(&mut bytes, &body).unwrap();
+        let mut r = &bytes[..];
+        assert!(matches!(
+            Msg::read(&mut r, Side::Master, &mut Vec::new()),
+            Err(WireError::Malformed(_))
+        ));
+        // A frame cut short is truncated, not waited for.
+        body[at..at + 4].copy_from_slice(&4u32.to_le_bytes());
+        let mut bytes = Vec::new();
+        crate::proto::frame::write_frame(&mut bytes, &body).unwrap();
+        let mut r = &bytes[..bytes.len() - 2];
+        assert!(matches!(
+            Msg::read(&mut r, Side::Master, &mut Vec::new()),
+            Err(WireError::Truncated)
+        ));
+    }
 
     #[test]
     fn file_data_frame_is_the_message_encoded() {
