@@ -46,6 +46,8 @@ struct Shared {
     stop: AtomicBool,
     /// A private directory whose new files are checkpoint barriers.
     barrier: OnceLock<PathBuf>,
+    /// The thread that pays an owed rescan: parked until one is owed.
+    payer: OnceLock<std::thread::Thread>,
 }
 
 impl Shared {
@@ -62,7 +64,14 @@ impl Shared {
             return;
         }
         if let Err(TrySendError::Full(_)) = self.tx.try_send(c) {
-            self.owed.store(true, Ordering::Release);
+            self.owe();
+        }
+    }
+
+    fn owe(&self) {
+        self.owed.store(true, Ordering::Release);
+        if let Some(t) = self.payer.get() {
+            t.unpark();
         }
     }
 
@@ -86,7 +95,7 @@ impl Shared {
                 if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
                     self.watch_limit.store(true, Ordering::Release);
                 }
-                self.owed.store(true, Ordering::Release);
+                self.owe();
                 return;
             }
         };
@@ -160,6 +169,7 @@ impl Recorder {
             watch_limit: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             barrier: OnceLock::new(),
+            payer: OnceLock::new(),
         });
         let s = shared.clone();
         let shown = root.display().to_string();
@@ -186,16 +196,22 @@ impl Recorder {
                     source,
                 },
             })?;
-        // A rescan owed while the queue was full must not wait for the next event.
+        // A rescan owed while the queue was full must not wait for the next
+        // event. Parked while nothing is owed; while the queue stays full,
+        // tried again every 20 ms (a full channel signals nothing when it
+        // drains, and a blocking send could outlive the consumer).
         let s = shared.clone();
         let payer = std::thread::spawn(move || {
             while !s.stop.load(Ordering::Acquire) {
-                if s.owed.load(Ordering::Acquire) {
-                    s.pay_rescan();
+                match s.owed.load(Ordering::Acquire) && !s.pay_rescan() {
+                    true => std::thread::park_timeout(Duration::from_millis(20)),
+                    false => std::thread::park(),
                 }
-                std::thread::sleep(Duration::from_millis(20));
             }
         });
+        let _ = shared.payer.set(payer.thread().clone());
+        // A rescan owed before the handle was set is seen now.
+        payer.thread().unpark();
         Ok(Recorder {
             watcher,
             shared,
@@ -229,6 +245,7 @@ impl Drop for Recorder {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::Release);
         if let Some(p) = self.payer.take() {
+            p.thread().unpark();
             let _ = p.join();
         }
     }
