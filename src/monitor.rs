@@ -64,6 +64,25 @@ struct Monitor {
     _pid_file: std::fs::File,
 }
 
+/// Takes the session's lock. `status`, `start` (waiting for this daemon)
+/// and the other commands probe it with a shared lock held for a few
+/// microseconds, so a refusal is tried again for a moment: only a lock still
+/// held after [`LOCK_PATIENCE`] belongs to a running daemon.
+fn lock_pid_file(f: &std::fs::File) -> rustix::io::Result<()> {
+    let deadline = Instant::now() + LOCK_PATIENCE;
+    loop {
+        match rustix::fs::flock(f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Err(rustix::io::Errno::WOULDBLOCK) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            r => return r,
+        }
+    }
+}
+
+/// How long a probe's shared lock may keep the daemon from its own.
+const LOCK_PATIENCE: Duration = Duration::from_millis(200);
+
 /// Longest a hook may run.
 const HOOK_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -77,11 +96,7 @@ impl Monitor {
             .write(true)
             .open(s.pid_path())
             .map_err(state(s.pid_path().display().to_string()))?;
-        rustix::fs::flock(
-            &pid_file,
-            rustix::fs::FlockOperation::NonBlockingLockExclusive,
-        )
-        .map_err(|_| Error::Running(s.name.clone()))?;
+        lock_pid_file(&pid_file).map_err(|_| Error::Running(s.name.clone()))?;
         // "PID starting" until set up: `start` waits for "PID" alone.
         let pid = std::process::id();
         write_pid(&pid_file, &format!("{pid} starting\n"))

@@ -330,3 +330,43 @@ georep_test!(
         assert!(table.stdout.contains(" ago)"), "{table}");
     }
 );
+
+// `status`, `stop` and `start` itself tell a running daemon by probing its
+// pid file's lock with a shared lock for a moment: such a probe at the
+// instant a new daemon takes its lock must not make it give up.
+georep_test!(
+    a_lock_probe_does_not_stop_a_daemon_from_starting,
+    |t: TestDir| {
+        write_file(&t.src.join("a"), b"a");
+        let s = Session::new(&t, "probed");
+        s.create_ok(p(&t.dst), &[]);
+        let pid_path = s.dir().join("daemon.pid");
+        std::fs::write(&pid_path, b"").unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let prober = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                use std::sync::atomic::Ordering::Relaxed;
+                // Held four fifths of the time, as a busy poller would.
+                while !stop.load(Relaxed) {
+                    if let Ok(f) = std::fs::File::open(&pid_path) {
+                        let _ = rustix::fs::flock(
+                            &f,
+                            rustix::fs::FlockOperation::NonBlockingLockShared,
+                        );
+                        std::thread::sleep(Duration::from_micros(400));
+                    }
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+            })
+        };
+        for _ in 0..3 {
+            s.start();
+            s.wait_converged("started while probed");
+            s.stop();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        prober.join().unwrap();
+        assert_converged(&s);
+    }
+);
