@@ -6,9 +6,9 @@
 //! it. Decoding is strict: trailing bytes, unknown kinds and impossible
 //! values are errors.
 
-use super::codec;
 use std::io::Read;
 
+use super::codec;
 use super::frame::{self, Dec, Enc, WireError};
 use super::kinds::{k, name_of, sender_of, Side};
 use super::{Fence, FsyncPolicy, Hello, MAGIC, MAX_LIST_NAMES};
@@ -396,8 +396,6 @@ impl Msg {
         e.0
     }
 
-    /// Decodes one frame's payload from `peer`, refusing a kind that only
-    /// the other side may send.
     /// Reads and decodes the next message `peer` sent (`Ok(None)` at a
     /// clean end of stream). A FileData's bytes are read straight into
     /// their own buffer: the bulk of a transfer is copied once, not twice.
@@ -432,6 +430,8 @@ impl Msg {
         Msg::decode_from(peer, kind, buf).map(Some)
     }
 
+    /// Decodes one frame's payload from `peer`, refusing a kind that only
+    /// the other side may send.
     pub fn decode_from(peer: Side, kind_byte: u8, p: &[u8]) -> Result<Msg, WireError> {
         match sender_of(kind_byte) {
             Some(s) if s != peer && s != Side::Either => {
