@@ -424,13 +424,14 @@ impl Handler {
         let token = format!("{now}-{n}");
         let file = dir.join(&token);
         let deadline = Instant::now() + BARRIER_WAIT;
-        let mut seen = self.journal.last_seq()?;
+        let before = self.journal.last_seq()?;
+        let mut seen = before;
         if let Err(e) = std::fs::File::create(&file) {
             warn!("checkpoint barrier {}: {e}", file.display());
             return fallback();
         }
         let found = loop {
-            if let Some(seq) = self.journal.barrier_seq(token.as_bytes())? {
+            if let Some(seq) = self.journal.barrier_seq(token.as_bytes(), before)? {
                 break Some(seq);
             }
             if !self.shutdown.wait_committed(seen, deadline) {

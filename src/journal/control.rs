@@ -93,12 +93,14 @@ impl Journal {
         })
     }
 
-    /// The position of the barrier journaled for `token`, once it is.
-    pub fn barrier_seq(&self, token: &[u8]) -> Result<Option<u64>> {
+    /// The position of the barrier journaled for `token` after `after`
+    /// (the journal's end when it was made), once it is: only what came
+    /// since is read, not the whole journal on every commit.
+    pub fn barrier_seq(&self, token: &[u8], after: u64) -> Result<Option<u64>> {
         self.conn
             .query_row(
-                "SELECT MAX(seq) FROM changes WHERE op = ?1 AND path = ?2",
-                params![Op::Barrier as i64, token],
+                "SELECT MAX(seq) FROM changes WHERE seq > ?1 AND op = ?2 AND path = ?3",
+                params![after as i64, Op::Barrier as i64, token],
                 |r| r.get::<_, Option<i64>>(0),
             )
             .map(|s| s.map(|s| s as u64))

@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 mod control;
 mod failures;
@@ -204,19 +204,40 @@ impl Journal {
             path: path.clone(),
             source,
         };
-        let tx = self.conn.transaction().map_err(err)?;
+        // Written at once (a read before the write could find the snapshot
+        // stale), numbered after the marker: trimming an idle journal
+        // empties the table, and a bare rowid would start again at 1,
+        // behind the marker, as if acked.
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        let next: i64 = tx
+            .query_row(
+                "SELECT MAX(COALESCE((SELECT MAX(seq) FROM changes), 0),
+                            (SELECT seq FROM marker WHERE id = 1)) + 1",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(err)?;
         {
             let mut st = tx
                 .prepare_cached(
-                    "INSERT INTO changes (time_ns, op, path, path2) VALUES (?1, ?2, ?3, ?4)",
+                    "INSERT INTO changes (seq, time_ns, op, path, path2) VALUES (?1, ?2, ?3, ?4, ?5)",
                 )
                 .map_err(err)?;
-            for c in changes {
-                st.execute(params![c.time_ns, c.op as u8, c.path, c.path2])
-                    .map_err(err)?;
+            for (i, c) in changes.iter().enumerate() {
+                st.execute(params![
+                    next + i as i64,
+                    c.time_ns,
+                    c.op as u8,
+                    c.path,
+                    c.path2
+                ])
+                .map_err(err)?;
             }
         }
-        let last = tx.last_insert_rowid() as u64;
+        let last = (next - 1 + changes.len() as i64) as u64;
         tx.commit().map_err(err)?;
         Ok(last)
     }
@@ -291,16 +312,8 @@ impl Journal {
     /// `time_ns` on are owed again (its own marker may be ahead of what the
     /// slave has, or far behind it). Moves the marker either way.
     pub fn replay_from(&self, time_ns: i64) -> Result<Marker> {
-        let before: Option<i64> = self
-            .conn
-            .query_row(
-                "SELECT MAX(seq) FROM changes WHERE time_ns < ?1",
-                params![time_ns],
-                |r| r.get(0),
-            )
-            .map_err(self.err())?;
         // Nothing older kept: everything kept is owed.
-        let seq = match before {
+        let seq = match self.older_prefix_end(time_ns, i64::MAX)? {
             Some(s) => s,
             None => self
                 .conn
@@ -327,15 +340,7 @@ impl Journal {
     /// replays what is kept, and crawls).
     pub fn trim_unacked(&self, retention: Duration) -> Result<usize> {
         let cutoff = now_ns() - retention.as_nanos() as i64;
-        let last: Option<i64> = self
-            .conn
-            .query_row(
-                "SELECT MAX(seq) FROM changes WHERE time_ns < ?1",
-                params![cutoff],
-                |r| r.get(0),
-            )
-            .map_err(self.err())?;
-        match last {
+        match self.older_prefix_end(cutoff, i64::MAX)? {
             Some(seq) => {
                 self.ack(Marker {
                     seq: seq as u64,
@@ -351,12 +356,14 @@ impl Journal {
     pub fn trim(&self, retention: Duration) -> Result<usize> {
         let marker = self.marker()?;
         let cutoff = now_ns() - retention.as_nanos() as i64;
+        let Some(end) = self.older_prefix_end(cutoff, marker.seq as i64)? else {
+            // Nothing to forget: no write, so the recorder's commits never
+            // wait for us.
+            return Ok(0);
+        };
         let n = self
             .conn
-            .execute(
-                "DELETE FROM changes WHERE seq <= ?1 AND time_ns < ?2",
-                params![marker.seq as i64, cutoff],
-            )
+            .execute("DELETE FROM changes WHERE seq <= ?1", params![end])
             .map_err(self.err())?;
         if n > 0 {
             // Give the freed pages back (journals made before auto_vacuum
@@ -366,6 +373,34 @@ impl Journal {
                 .map_err(self.err())?;
         }
         Ok(n)
+    }
+
+    /// The last change of the journal's oldest stretch recorded before
+    /// `cutoff`, among those up to `upto` (None: there is none). Changes
+    /// are appended in time order, so this reads only that stretch and the
+    /// row after it: a query on time alone would read the whole journal
+    /// (an hour of changes under churn), and a DELETE doing so on every
+    /// round held the recorder's commits back for as long. Should the clock
+    /// step back, the stretch ends early: changes are kept (or replayed)
+    /// longer, never dropped sooner.
+    fn older_prefix_end(&self, cutoff: i64, upto: i64) -> Result<Option<i64>> {
+        let first_newer: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT seq FROM changes WHERE seq <= ?1 AND time_ns >= ?2 ORDER BY seq LIMIT 1",
+                params![upto, cutoff],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.err())?;
+        let end = first_newer.map_or(upto, |s| s - 1);
+        self.conn
+            .query_row(
+                "SELECT MAX(seq) FROM changes WHERE seq <= ?1",
+                params![end],
+                |r| r.get(0),
+            )
+            .map_err(self.err())
     }
 
     /// Unacked changes by kind: entry ops, data, metadata.
@@ -458,6 +493,83 @@ mod tests {
         assert_eq!(j.marker().unwrap().seq, 9);
         assert_eq!(j.last_seq().unwrap(), 11);
         assert_eq!(j.read_after(0, 100).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn changes_after_an_emptied_journal_are_still_owed() {
+        // An idle session's trim forgets every change; the next one must
+        // still come after the marker, or it would count as acked.
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(&dir.path().join("j.db")).unwrap();
+        let last = j
+            .append(&[
+                NewChange::now(Op::Data, b"a".to_vec(), None),
+                NewChange::now(Op::Data, b"b".to_vec(), None),
+            ])
+            .unwrap();
+        j.ack(Marker {
+            seq: last,
+            time_ns: 1,
+        })
+        .unwrap();
+        assert_eq!(j.trim(Duration::ZERO).unwrap(), 2);
+        let next = j
+            .append(&[NewChange::now(Op::Data, b"c".to_vec(), None)])
+            .unwrap();
+        assert!(next > last, "seq {next} after marker {last}");
+        let owed = j.read_after(j.marker().unwrap().seq, 10).unwrap();
+        assert_eq!(owed.len(), 1);
+        assert_eq!(owed[0].path, b"c");
+        assert_eq!(j.pending().unwrap(), 1);
+    }
+
+    #[test]
+    fn trimming_reads_only_the_aged_stretch_and_never_waits_when_idle() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let mut j = Journal::open(&path).unwrap();
+        let at = |t: i64, name: &[u8]| NewChange {
+            time_ns: t,
+            ..NewChange::now(Op::Data, name.to_vec(), None)
+        };
+        let now = now_ns();
+        let hour = 3_600_000_000_000i64;
+        // Two old changes, a new one, then an old one again (the clock
+        // stepped back): only the leading old stretch goes.
+        let last = j
+            .append(&[
+                at(now - 2 * hour, b"a"),
+                at(now - 2 * hour, b"b"),
+                at(now, b"c"),
+                at(now - 2 * hour, b"d"),
+            ])
+            .unwrap();
+        j.ack(Marker {
+            seq: last,
+            time_ns: now,
+        })
+        .unwrap();
+        assert_eq!(j.trim(Duration::from_secs(3600)).unwrap(), 2);
+        let kept: Vec<Vec<u8>> = j
+            .read_after(0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.path)
+            .collect();
+        assert_eq!(kept, vec![b"c".to_vec(), b"d".to_vec()]);
+        // Nothing old at the head: trimming writes nothing, so it does not
+        // wait for a writer holding the database (the recorder's commit).
+        let other = rusqlite::Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE;").unwrap();
+        j.conn.busy_timeout(Duration::ZERO).unwrap();
+        assert_eq!(j.trim(Duration::from_secs(3600)).unwrap(), 0);
+        assert_eq!(j.trim_unacked(Duration::from_secs(3600)).unwrap(), 0);
+        other.execute_batch("COMMIT;").unwrap();
+        // A takeover replays from the first change not older than asked:
+        // the old changes behind a newer one are replayed too.
+        j.append(&[at(now - 2 * hour, b"e")]).unwrap();
+        assert_eq!(j.replay_from(now - hour).unwrap().seq, 2);
+        assert_eq!(j.pending().unwrap(), 3);
     }
 
     #[test]

@@ -363,3 +363,19 @@ georep_test!(
         assert!(st.get("last_seen_alive").is_none(), "{st}");
     }
 );
+
+// Trimming forgets acked changes past journal_retention; once it had emptied the
+// changes table (an idle hour at the default, at once with journal_retention=0),
+// SQLite numbered the next change 1 again, behind the marker: read as acked, it
+// was never shipped, and only the daily crawl would have found it.
+georep_test!(regression_changes_after_an_emptied_journal, |t: TestDir| {
+    write_file(&t.src.join("first"), b"first");
+    let s = started(&t, "emptied", &["journal_retention=0"]);
+    write_file(&t.src.join("second"), b"second");
+    s.wait_converged("a change after the initial sync (the journal trimmed empty)");
+    write_file(&t.src.join("third"), b"third");
+    remove(&t.src.join("first"));
+    s.wait_converged("changes after every earlier one was trimmed");
+    s.stop();
+    assert_converged(&s);
+});
