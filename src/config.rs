@@ -108,10 +108,10 @@ mod d {
         10_000
     }
     pub fn batch_delay_ms() -> u64 {
-        20
+        10
     }
     pub fn batch_quiet_ms() -> u64 {
-        10
+        5
     }
     pub fn full_crawl_interval() -> u64 {
         86_400
@@ -408,7 +408,7 @@ mod tests {
     #[test]
     fn config_set_get_reset_and_validation() {
         let mut c = SessionConfig::new("/src".into(), "/dst".into());
-        assert_eq!(c.batch_delay_ms, 20);
+        assert_eq!(c.batch_delay_ms, 10);
         c.set("batch_delay_ms", "250").unwrap();
         assert_eq!(c.get("batch_delay_ms").as_deref(), Some("250"));
         c.set("exclude", r#"["*.tmp", "build/"]"#).unwrap();
@@ -416,7 +416,7 @@ mod tests {
         c.set("user", "backup").unwrap();
         assert_eq!(c.user.as_deref(), Some("backup"));
         c.reset("batch_delay_ms").unwrap();
-        assert_eq!(c.batch_delay_ms, 20);
+        assert_eq!(c.batch_delay_ms, 10);
         assert!(c.set("nope", "1").is_err());
         assert!(c.set("jobs", "many").is_err());
         assert!(c.set("fsync", "sometimes").is_err());
