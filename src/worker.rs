@@ -623,7 +623,8 @@ impl Worker {
         } else {
             CrawlStatus::Changelog
         });
-        st.last_error = None;
+        // The link works; a journal that refuses changes is still news.
+        st.last_error = self.writer.as_ref().and_then(|w| w.trouble());
         self.count(rep, r);
         self.board.status.rate = self.rate.observe(Instant::now(), self.shipped);
         self.publish();

@@ -7,11 +7,26 @@ use std::time::Duration;
 
 use super::{Journal, NewChange, Result};
 
+/// Longest wait between two attempts at a batch the journal refused.
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
 /// The journal's single writer: a thread that appends what it is sent, one
 /// transaction per batch (whatever arrived within `linger`, up to `max`).
 pub struct Writer {
     tx: Option<SyncSender<NewChange>>,
     handle: Option<JoinHandle<Result<u64>>>,
+    state: Arc<State>,
+}
+
+/// What the writer thread shares with its owner.
+#[derive(Default)]
+struct State {
+    /// Set by [`Writer::finish`]: a refused batch is given up, not retried.
+    stopping: Mutex<bool>,
+    /// Wakes a writer waiting to retry when stopping.
+    wake: Condvar,
+    /// Why the journal refuses the batch being retried, if it does.
+    trouble: Mutex<Option<String>>,
 }
 
 /// Told of each commit, so that a reader in the same process waits on the
@@ -56,12 +71,22 @@ impl Writer {
         listener: Arc<dyn CommitListener>,
     ) -> Writer {
         let (tx, rx) = mpsc::sync_channel::<NewChange>(max * 4);
-        let handle =
-            std::thread::spawn(move || write_loop(&mut journal, rx, max, linger, &*listener));
+        let state = Arc::new(State::default());
+        let theirs = state.clone();
+        let handle = std::thread::spawn(move || {
+            write_loop(&mut journal, rx, max, linger, &*listener, &theirs)
+        });
         Writer {
             tx: Some(tx),
             handle: Some(handle),
+            state,
         }
+    }
+
+    /// Why the journal refuses changes right now (they are held and
+    /// retried), for status.
+    pub fn trouble(&self) -> Option<String> {
+        self.state.trouble.lock().unwrap().clone()
     }
 
     /// A sender for producers; it blocks when the writer falls behind, so
@@ -72,6 +97,8 @@ impl Writer {
 
     /// Stops after writing everything queued; returns the last sequence number.
     pub fn finish(mut self) -> Result<u64> {
+        *self.state.stopping.lock().unwrap() = true;
+        self.state.wake.notify_all();
         self.tx = None;
         self.handle
             .take()
@@ -87,6 +114,7 @@ fn write_loop(
     max: usize,
     linger: Duration,
     listener: &dyn CommitListener,
+    state: &State,
 ) -> Result<u64> {
     let mut last = j.last_seq()?;
     listener.committed(last);
@@ -105,9 +133,44 @@ fn write_loop(
                 Err(RecvTimeoutError::Disconnected) => break,
             }
         }
-        last = j.append(&batch)?;
+        last = append_until_written(j, &batch, state)?;
         listener.committed(last);
         batch.clear();
+    }
+}
+
+/// Appends `batch`, retrying while the journal refuses it (its disk full,
+/// its lock held by another process). The batch waits in memory and the
+/// recorder's queue fills up, which turns into a rescan owed: changes are
+/// late, never dropped. Given up only when stopping (every start crawls).
+fn append_until_written(j: &mut Journal, batch: &[NewChange], state: &State) -> Result<u64> {
+    let mut wait = Duration::from_millis(50);
+    loop {
+        match j.append(batch) {
+            Ok(last) => {
+                if state.trouble.lock().unwrap().take().is_some() {
+                    tracing::info!("the journal takes changes again");
+                }
+                return Ok(last);
+            }
+            Err(e) => {
+                let mut trouble = state.trouble.lock().unwrap();
+                if trouble.is_none() {
+                    tracing::error!("recording changes: {e}; holding them and retrying");
+                }
+                *trouble = Some(format!("recording changes: {e}"));
+                drop(trouble);
+                let stopping = state.stopping.lock().unwrap();
+                let (stopping, _) = state
+                    .wake
+                    .wait_timeout_while(stopping, wait, |s| !*s)
+                    .unwrap();
+                if *stopping {
+                    return Err(e);
+                }
+                wait = (wait * 2).min(RETRY_MAX);
+            }
+        }
     }
 }
 

@@ -379,3 +379,33 @@ georep_test!(regression_changes_after_an_emptied_journal, |t: TestDir| {
     s.stop();
     assert_converged(&s);
 });
+
+// The journal's writer thread ended at the first append SQLite refused (a full disk,
+// or the database locked by another process past the 5 s busy timeout): from then on
+// every change the watch saw went nowhere, while status kept saying Active.
+georep_test!(
+    regression_a_refused_journal_write_drops_nothing,
+    |t: TestDir| {
+        write_file(&t.src.join("before"), b"before");
+        let s = started(&t, "refused", &[]);
+        let lock = rusqlite::Connection::open(s.dir().join("journal.db")).unwrap();
+        lock.execute_batch("BEGIN EXCLUSIVE;").unwrap();
+        write_file(
+            &t.src.join("during"),
+            b"written while the journal is locked",
+        );
+        // Longer than SQLite's busy timeout (5 s): the recorder's append is refused.
+        std::thread::sleep(Duration::from_secs(7));
+        lock.execute_batch("COMMIT;").unwrap();
+        drop(lock);
+        write_file(&t.src.join("after"), b"after the lock");
+        s.wait_converged("changes made while the journal refused writes, and after");
+        let log = s.log_tail();
+        assert!(
+            log.contains("holding them and retrying"),
+            "no refused write:\n{log}"
+        );
+        s.stop();
+        assert_converged(&s);
+    }
+);
