@@ -436,15 +436,18 @@ impl Session {
         let start = Instant::now();
         let mut running_at = Instant::now();
         loop {
+            // Trees first, status after: a round makes its files visible before
+            // its Finished, and publishes its counters before its ack, so a
+            // status read after the trees matched that shows nothing pending
+            // includes the round that made them match. (Read before, it could
+            // predate the changes being journaled, and the counters with it.)
+            let same = diff(&self.src, &self.dst, ignored).is_empty();
             let st = self.try_status();
             if let Ok(st) = &st {
                 if !st["pid"].is_null() {
                     running_at = Instant::now();
                 }
-                if st["state"] == "Active"
-                    && pending_is_zero(st)
-                    && diff(&self.src, &self.dst, ignored).is_empty()
-                {
+                if same && st["state"] == "Active" && pending_is_zero(st) {
                     eprintln!("{what}: converged in {:?}", start.elapsed());
                     return st.clone();
                 }
